@@ -1,0 +1,131 @@
+"""The typed schema of params.yaml. Validation happens once, here, with the key path in every error."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dltorch.errors import ParamsError
+from dltorch.models import registry
+
+Optimizer = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
+Scheduler = Literal["none", "step", "cosine", "onecycle"]
+Loss = Literal["cross_entropy", "mse_onehot"]
+Task = Literal["classification"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FetchConfig(Strict):
+    dataset: Literal["fashion_mnist", "mnist"] = "fashion_mnist"
+    # Where a local copy of the four IDX .gz files lives (Debian's dataset-fashion-mnist puts them here).
+    source_dir: Path | None = Path("/usr/share/datasets/fashion-mnist")
+    download: bool = True
+
+
+class MlflowConfig(Strict):
+    experiment: str = Field("dltorch", min_length=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(100, ge=1)
+    optimizer: Optimizer = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0, le=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Scheduler = "none"
+    loss: Loss = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    val_size: int = Field(5000, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainConfig:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov: needs optimizer 'sgd' with momentum > 0")
+        return self
+
+
+class ExportConfig(Strict):
+    opset: int = Field(18, ge=18, le=23)
+    atol: float = Field(1e-4, gt=0)
+    batch_size: int = Field(1000, ge=1)
+
+
+class ModelConfig(Strict):
+    arch: str
+    task: Task = "classification"
+    # Required, not defaulted: DVC tracks models.<name>.args and .train as params, so they must be written out.
+    args: dict[str, Any]
+    train: TrainConfig
+    export: ExportConfig = ExportConfig()
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        registry.get(arch)  # raises with the list of known names
+        return arch
+
+    @model_validator(mode="after")
+    def _valid_args(self) -> ModelConfig:
+        registry.validate_args(self.arch, self.args)
+        return self
+
+
+class Params(Strict):
+    fetch: FetchConfig = FetchConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    models: dict[str, ModelConfig]
+
+    def model(self, name: str) -> ModelConfig:
+        if name not in self.models:
+            raise ParamsError(f"models.{name}: no such model; known: {', '.join(sorted(self.models))}")
+        return self.models[name]
+
+
+def _all_field_names() -> set[str]:
+    names: set[str] = set()
+    for schema in (FetchConfig, MlflowConfig, TrainConfig, ExportConfig, ModelConfig, Params):
+        names.update(schema.model_fields)
+    return names
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        unknown = str(error["loc"][-1])
+        close = difflib.get_close_matches(unknown, _all_field_names(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{path}: unknown key{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{path}: {message}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; every problem is reported as '<source>: <key.path>: <what>'."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {_describe(error)}" for error in exc.errors()]
+        raise ParamsError("\n".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

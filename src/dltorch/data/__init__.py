@@ -1,0 +1,1 @@
+"""Real data (fetch, IDX, checksums) and in-memory tensor datasets."""

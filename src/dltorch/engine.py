@@ -1,0 +1,209 @@
+"""The one training loop: every model and task goes through `fit`.
+
+Small named steps in the style of the torchvision references: `train_one_epoch`, `evaluate`, and
+checkpoints that are plain dicts of state, written each epoch so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dltorch.config import TrainConfig
+from dltorch.data.images import TensorData
+from dltorch.errors import CheckpointError
+from dltorch.io import save_torch
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    name, lr, wd = cfg.optimizer, cfg.lr, cfg.weight_decay
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    raise ValueError(f"unknown optimizer '{name}'")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Schedules step once per batch, so their shape does not depend on the epoch count's granularity."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total // 3), gamma=0.1)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    raise ValueError(f"unknown scheduler '{cfg.scheduler}'")
+
+
+def batches(data: TensorData, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TensorData]:
+    """Slices of in-memory tensors; shuffled when a generator is given."""
+    order = torch.randperm(len(data), generator=generator) if generator is not None else None
+    for start in range(0, len(data), batch_size):
+        if order is None:
+            yield TensorData(data.inputs[start : start + batch_size], data.targets[start : start + batch_size])
+        else:
+            yield data.subset(order[start : start + batch_size])
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: LossFn,
+    score_fn: ScoreFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data: TensorData,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    grad_clip: float | None,
+    desc: str,
+) -> dict[str, float]:
+    model.train()
+    totals: dict[str, float] = {"loss": 0.0}
+    with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False) as bar:
+        for batch in batches(data, batch_size, generator):
+            inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            _accumulate(totals, loss.item() * len(targets), score_fn(outputs.detach(), targets))
+            bar.update(len(targets))
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return {name: value / len(data) for name, value in totals.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loss_fn: LossFn, score_fn: ScoreFn, data: TensorData, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    model.eval()
+    totals: dict[str, float] = {"loss": 0.0}
+    for batch in batches(data, batch_size):
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+        outputs = model(inputs)
+        _accumulate(totals, loss_fn(outputs, targets).item() * len(targets), score_fn(outputs, targets))
+    return {name: value / len(data) for name, value in totals.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(inputs[i : i + batch_size].to(device)).cpu() for i in range(0, len(inputs), batch_size)])
+
+
+def _accumulate(totals: dict[str, float], loss_sum: float, scores: dict[str, float]) -> None:
+    totals["loss"] += loss_sum
+    for name, value in scores.items():
+        totals[name] = totals.get(name, 0.0) + value
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None when absent, unreadable or written for other params/data."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: start over rather than crash
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("ignoring checkpoint %s: it was written for other params or data", path)
+        return None
+    return state
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    score_fn: ScoreFn,
+    train: TensorData,
+    val: TensorData | None,
+    cfg: TrainConfig,
+    checkpoint_path: Path,
+    fingerprint: str,
+    resume: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, Any]]:
+    """Train for cfg.epochs (continuing from `resume`, a loaded checkpoint); returns the per-epoch history.
+
+    A checkpoint is written to checkpoint_path after every epoch, tagged with `fingerprint` and carrying
+    `extra` (e.g. the tracking run id), so an interrupted run can resume with the same result.
+    """
+    device = select_device(cfg.device)
+    model.to(device)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    state = resume
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        log.info("resuming from the checkpoint of epoch %d", state["epoch"])
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        # A per-epoch generator makes the shuffle order a function of (seed, epoch): resume needs no state.
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_scores = train_one_epoch(
+            model, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator, device,
+            cfg.grad_clip, desc=f"epoch {epoch}/{cfg.epochs}",
+        )
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
+                                  "samples_per_second": round(len(train) / seconds, 1)}
+        record.update({f"train_{k}": v for k, v in train_scores.items()})
+        if val is not None:
+            val_scores = evaluate(model, loss_fn, score_fn, val, max(cfg.batch_size, 1000), device)
+            record.update({f"val_{k}": v for k, v in val_scores.items()})
+        history.append(record)
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        save_torch(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+            "epoch": epoch, "rng": torch.get_rng_state(), "history": history, "fingerprint": fingerprint,
+            "extra": extra or {},
+        })
+        if on_epoch is not None:
+            on_epoch(record)
+    return history

@@ -1,0 +1,21 @@
+"""Errors a user can act on. Stages print them without a traceback and exit non-zero."""
+
+
+class DltorchError(Exception):
+    """Base class: the message says what is wrong and where."""
+
+
+class ParamsError(DltorchError):
+    """params.yaml (or a model's arguments) is invalid."""
+
+
+class DataError(DltorchError):
+    """A data file is missing, corrupt or unavailable."""
+
+
+class ParityError(DltorchError):
+    """The exported model does not match torch within tolerance."""
+
+
+class CheckpointError(DltorchError):
+    """A model or checkpoint file is missing or unreadable."""

@@ -1,0 +1,94 @@
+"""ONNX export (dynamo exporter, pinned opset, dynamic batch) and the onnxruntime parity gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dltorch.errors import ParityError
+from dltorch.io import atomic_path
+
+EXAMPLE_BATCH = 4
+# A second batch size, unlike both the example's and the bulk run's, catches shapes baked into the graph.
+ODD_BATCH = 7
+
+
+def export_onnx(
+    model: nn.Module, in_shape: tuple[int, ...], path: Path, opset: int, input_name: str, output_name: str
+) -> None:
+    """Export with a dynamic batch axis; onnx.checker must pass before the file appears at `path`."""
+    import onnx
+
+    model = model.cpu().eval()
+    example = torch.rand(EXAMPLE_BATCH, *in_shape)
+    batch = torch.export.Dim("batch", min=1)
+    with atomic_path(path) as tmp:
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=opset, input_names=[input_name],
+            output_names=[output_name], dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+        )
+        program.save(str(tmp), external_data=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def onnx_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: inputs[i : i + batch_size]})[0]
+                           for i in range(0, len(inputs), batch_size)])
+
+
+@torch.no_grad()
+def check_parity(
+    onnx_path: Path, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, atol: float, batch_size: int
+) -> dict[str, Any]:
+    """Compare onnxruntime with torch on every input: logits within atol, same argmax, same accuracy.
+
+    Run at `batch_size` over all inputs and again at ODD_BATCH on the first 100, so a graph that only
+    works at the example's batch size fails too.
+    """
+    model = model.cpu().eval()
+    expected = torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]).numpy()
+    session = onnx_session(onnx_path)
+    actual = run_onnx(session, inputs.numpy(), batch_size)
+    head = min(100, len(inputs))
+    actual_odd = run_onnx(session, inputs[:head].numpy(), ODD_BATCH)
+    labels = targets.numpy()
+    diff = float(np.abs(actual - expected).max())
+    diff_odd = float(np.abs(actual_odd - expected[:head]).max())
+    agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+    torch_acc = float((expected.argmax(1) == labels).mean())
+    onnx_acc = float((actual.argmax(1) == labels).mean())
+    checks = {
+        "max_abs_logit_diff": {"measured": diff, "limit": atol, "passed": diff <= atol},
+        f"max_abs_logit_diff_batch_{ODD_BATCH}": {"measured": diff_odd, "limit": atol, "passed": diff_odd <= atol},
+        "argmax_agreement": {"measured": agreement, "limit": 1.0, "passed": agreement == 1.0},
+        "accuracy_equal": {"measured": onnx_acc - torch_acc, "limit": 0.0, "passed": onnx_acc == torch_acc},
+    }
+    return {
+        "passed": all(check["passed"] for check in checks.values()),
+        "samples": len(inputs),
+        "batch_sizes": [batch_size, ODD_BATCH],
+        "torch_accuracy": torch_acc,
+        "onnx_accuracy": onnx_acc,
+        "checks": checks,
+    }
+
+
+def assert_parity(report: dict[str, Any], onnx_path: Path) -> None:
+    failed = [f"{name}: measured {c['measured']:.3g}, limit {c['limit']:.3g}"
+              for name, c in report["checks"].items() if not c["passed"]]
+    if failed:
+        raise ParityError(f"{onnx_path}: ONNX does not match torch on {report['samples']} samples:\n  "
+                          + "\n  ".join(failed))

@@ -1,0 +1,64 @@
+"""Models are registered by name (as timm's @register_model); params.yaml names the architecture and its args."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError, create_model
+
+from dltorch.errors import ParamsError
+
+# Arguments every task supplies itself; params.yaml may not set them.
+TASK_ARGS = frozenset({"in_shape", "num_classes"})
+
+_BUILDERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_model(builder: Callable[..., Any]) -> Callable[..., Any]:
+    name = builder.__name__
+    if name in _BUILDERS:
+        raise ValueError(f"model '{name}' is registered twice")
+    _BUILDERS[name] = builder
+    return builder
+
+
+def names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def get(name: str) -> Callable[..., Any]:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown architecture '{name}'; known: {', '.join(names())}")
+    return _BUILDERS[name]
+
+
+def _args_schema(name: str) -> type:
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(get(name)).parameters.values():
+        if param.name in TASK_ARGS:
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (param.annotation, default)
+    return create_model(f"{name}_args", __config__=ConfigDict(extra="forbid", strict=False), **fields)
+
+
+def validate_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Check args against the builder's signature; the message names the offending argument."""
+    try:
+        validated = _args_schema(name).model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"args.{'.'.join(map(str, e['loc']))}: {'unknown argument' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise ValueError(problems) from None
+    return validated.model_dump()
+
+
+def create(name: str, args: dict[str, Any], **task_args: Any) -> Any:
+    try:
+        return get(name)(**validate_args(name, args), **task_args)
+    except ValueError as exc:
+        raise ParamsError(f"{name}: {exc}") from None

@@ -1,0 +1,55 @@
+"""train@<model>: fit one params.yaml model on its task's data, tracked in its MLflow run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from dltorch import engine, tracking
+from dltorch.bundle import ModelBundle, build_model, save_model
+from dltorch.config import Params
+from dltorch.io import write_json
+from dltorch.tasks import get_task
+
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"
+RUN_FILE = "run.json"
+
+
+def _fingerprint(config: dict, dataset: str, train_sum: float, train_len: int) -> str:
+    """Identifies what a checkpoint was trained on: other params or data start training afresh."""
+    payload = json.dumps({"config": config, "dataset": dataset, "sum": round(train_sum, 3), "n": train_len},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict]:
+    cfg = params.model(name)
+    task = get_task(cfg.task)
+    dataset = params.fetch.dataset
+    train_data, val_data = task.load_train_val(raw_root, dataset, cfg.train.val_size, cfg.train.seed)
+    inputs = task.model_inputs(train_data, dataset)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.arch, cfg.args, cfg.task, inputs)
+    config = cfg.model_dump(mode="json")
+    fingerprint = _fingerprint(config, dataset, float(train_data.inputs.sum()), len(train_data))
+    checkpoint = out_dir / CHECKPOINT_FILE
+    resume = engine.load_checkpoint(checkpoint, fingerprint)
+    run_id = resume["extra"].get("run_id") if resume else None
+    with tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) as run:
+        if resume is None:
+            tracking.log_params({"dataset": dataset, **config})
+        history = engine.fit(
+            model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores, train_data,
+            val_data, cfg.train, checkpoint, fingerprint, resume=resume, extra={"run_id": run.info.run_id},
+            on_epoch=lambda record: tracking.log_metrics(record, step=record["epoch"]),
+        )
+        bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
+        save_model(out_dir / MODEL_FILE, bundle, model.cpu())
+        write_json(out_dir / HISTORY_FILE, history)
+        write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
+    return history

@@ -1,0 +1,68 @@
+"""Every figure. Each is written atomically as PNG and returned as its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dltorch.io import atomic_path  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def training_curves(history: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Loss and every score per epoch, train against validation."""
+    epochs = [row["epoch"] for row in history]
+    scores = sorted({key.split("_", 1)[1] for key in history[0] if key.startswith("train_")})
+    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.6), squeeze=False)
+    for ax, score in zip(axes[0], scores, strict=True):
+        for split in ("train", "val"):
+            key = f"{split}_{score}"
+            if key in history[0]:
+                ax.plot(epochs, [row[key] for row in history], marker="o", label=split)
+        ax.set(title=f"{title}: {score}", xlabel="epoch", ylabel=score)
+        if score == "loss" and min(row["train_loss"] for row in history) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion_matrix(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    threshold = matrix.max() / 2
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                color="white" if count > threshold else "black")
+    return _save(fig, path)
+
+
+def prediction_grid(images: np.ndarray, predicted: np.ndarray, true: np.ndarray, classes: list[str],
+                    title: str, path: Path, columns: int = 8) -> Path:
+    """Test images with predicted / true labels; mistakes in red."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, pred, label in zip(axes.flat, images, predicted, true, strict=False):
+        ax.imshow(image.squeeze(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"{classes[pred]}\n({classes[label]})", fontsize=7, color="black" if pred == label else "red")
+    fig.suptitle(f"{title}: predicted (true)")
+    return _save(fig, path)

@@ -1,0 +1,112 @@
+"""Everything MLflow: where the store is, one run per model across stages, tags, and artifacts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def project_root() -> Path:
+    """DVC's root when a stage runs under DVC; else the nearest folder above cwd holding .dvc/."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI wins; else a SQLite store at the project root, by absolute path."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=project_root())
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def experiment_id(name: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifact_location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # Absolute, so runs started from a temp dir (dvc exp run --temp) store artifacts beside the db.
+        artifact_location = (project_root() / ARTIFACTS_DIR).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it first
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def model_run(experiment: str, run_name: str, stage: str, run_id: str | None = None) -> Iterator[Any]:
+    """Start (or resume, given run_id) the model's run; an exception inside marks it FAILED."""
+    import mlflow
+
+    exp_id = experiment_id(experiment)
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name) as run:
+        mlflow.set_tags({"git_commit": _git_commit(), "dvc_stage": stage, "model": run_name})
+        exp_name = os.environ.get("DVC_EXP_NAME")
+        if exp_name:
+            mlflow.set_tag("dvc_exp", exp_name)
+        yield run
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params(_flatten(params))
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    import mlflow
+
+    numeric = {k: float(v) for k, v in _flatten(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    mlflow.log_metrics(numeric, step=step)
+
+
+def log_artifacts(paths: list[Path], folder: str) -> None:
+    import mlflow
+
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_onnx_model(onnx_path: Path, example: Any, output: Any) -> None:
+    """The ONNX model with a signature (dynamic batch) and an input example, servable by `mlflow models serve`."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)), name="model", signature=infer_signature(example, output), input_example=example,
+        save_as_external_data=False,
+    )
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
