@@ -45,10 +45,12 @@ def experiment_id(name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    uri = tracking_uri()
     artifact_location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        # Absolute, so runs started from a temp dir (dvc exp run --temp) store artifacts beside the db.
-        artifact_location = (project_root() / ARTIFACTS_DIR).as_uri()
+    if uri.startswith("sqlite:///"):
+        # Beside the database, by absolute path: MLflow's default (./mlruns) would follow the cwd, and runs
+        # started from a temp dir (dvc exp run --temp) would lose their artifacts.
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # another process created it first

@@ -1,0 +1,82 @@
+"""Fixtures: tiny IDX data the tests write themselves, a shrunken params profile, a private MLflow store."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dltorch.config import Params, parse_params
+from dltorch.data.fetch import IDX_FILES
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN, TINY_TEST = 300, 60
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format (magic 0x08 = ubyte, then big-endian dims)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def tiny_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable images: class k lights up rows 2k+4..2k+5, over noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count)
+    images = rng.integers(0, 60, size=(count, 28, 28))
+    for index, label in enumerate(labels):
+        images[index, 2 * label + 4 : 2 * label + 6, 4:24] = 230
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def tiny_idx_files(seed: int = 0) -> dict[str, bytes]:
+    train_images, train_labels = tiny_split(TINY_TRAIN, seed)
+    test_images, test_labels = tiny_split(TINY_TEST, seed + 1)
+    arrays = (train_images, train_labels, test_images, test_labels)
+    return {name: idx_bytes(array) for name, array in zip(IDX_FILES, arrays, strict=True)}
+
+
+@pytest.fixture
+def tiny_source(tmp_path: Path) -> Path:
+    """A folder laid out like Debian's dataset package: four IDX .gz files."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    for name, data in tiny_idx_files().items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+    return folder
+
+
+@pytest.fixture
+def raw_root(tmp_path: Path) -> Path:
+    """Decompressed tiny files in torchvision's layout, as the fetch stage leaves them."""
+    root = tmp_path / "raw"
+    folder = root / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    for name, data in tiny_idx_files().items():
+        (folder / name).write_bytes(data)
+    return root
+
+
+def tiny_params_dict(**train_overrides) -> dict:
+    train = {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.003, "val_size": 40, "seed": 0}
+    train.update(train_overrides)
+    return {
+        "fetch": {"dataset": "fashion_mnist", "source_dir": None, "download": False},
+        "mlflow": {"experiment": "tests"},
+        "models": {"mlp": {"arch": "mlp", "args": {"hidden": [16]}, "train": train}},
+    }
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return parse_params(tiny_params_dict())
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -1,0 +1,85 @@
+"""params.yaml validation: every problem names the file and the key path, and a stage writes nothing."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dltorch.config import load_params, parse_params
+from dltorch.errors import ParamsError
+from tests.conftest import REPO, tiny_params_dict
+
+
+def _error_for(mutate) -> str:
+    raw = copy.deepcopy(tiny_params_dict())
+    mutate(raw)
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    return str(caught.value)
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    mlp = params.model("mlp")
+    assert (mlp.arch, mlp.args["hidden"], mlp.train.epochs, mlp.train.batch_size) == ("mlp", [512, 512], 10, 100)
+    assert (mlp.train.optimizer, mlp.train.lr, mlp.export.atol) == ("adam", 1e-3, 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: p["models"]["mlp"]["train"].update(lr=-0.1), "params.yaml: models.mlp.train.lr: "),
+        (lambda p: p["models"]["mlp"]["train"].update(batch_size=0), "params.yaml: models.mlp.train.batch_size: "),
+        (lambda p: p["models"]["mlp"]["train"].update(epochs="ten"), "params.yaml: models.mlp.train.epochs: "),
+        (lambda p: p["models"]["mlp"]["train"].update(optimizer="adamax"), "models.mlp.train.optimizer: "),
+        (lambda p: p["models"]["mlp"]["train"].update(scheduler="linear"), "models.mlp.train.scheduler: "),
+        (lambda p: p["models"]["mlp"]["train"].update(loss="hinge"), "models.mlp.train.loss: "),
+        (lambda p: p["models"]["mlp"].update(arch="resnet999"), "unknown architecture 'resnet999'; known: "),
+        (lambda p: p["models"]["mlp"]["args"].update(width=3), "models.mlp: args.width: unknown argument"),
+        (lambda p: p["models"]["mlp"]["args"].update(hidden="wide"), "models.mlp: args.hidden"),
+        (lambda p: p["fetch"].update(dataset="cifar10"), "params.yaml: fetch.dataset: "),
+        (lambda p: p["models"]["mlp"]["export"].update(atol=0) if "export" in p["models"]["mlp"]
+         else p["models"]["mlp"].update(export={"atol": 0}), "models.mlp.export.atol: "),
+    ],
+)
+def test_invalid_values_name_the_key(mutate, expected):
+    assert expected in _error_for(mutate)
+
+
+def test_unknown_key_suggests_the_nearest():
+    message = _error_for(lambda p: p["models"]["mlp"]["train"].update(learning_rate=0.1, epoch=3))
+    assert "models.mlp.train.epoch: unknown key; did you mean 'epochs'?" in message
+    assert "models.mlp.train.learning_rate: unknown key" in message
+
+
+def test_unknown_model_name():
+    with pytest.raises(ParamsError, match="models.cnn: no such model; known: mlp"):
+        parse_params(tiny_params_dict()).model("cnn")
+
+
+def test_not_yaml(tmp_path: Path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("models: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_stage_with_bad_params_exits_nonzero_and_writes_nothing(tmp_path: Path, raw_root: Path):
+    raw = tiny_params_dict(lr=-1)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "models" / "mlp"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file), "--model", "mlp",
+         "--data", str(raw_root), "--out", str(out)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert f"{params_file}: models.mlp.train.lr: Input should be greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()

@@ -1,0 +1,75 @@
+"""ONNX export against torch, the oracle: parity passes for a real export and fails for a perturbed one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from dltorch.bundle import build_model
+from dltorch.errors import ParityError
+from dltorch.export import assert_parity, check_parity, export_onnx, onnx_session, run_onnx
+from dltorch.tasks import classification
+
+
+@pytest.fixture
+def model_and_test(raw_root: Path):
+    train, _ = classification.load_train_val(raw_root, "fashion_mnist", 0, 0)
+    torch.manual_seed(0)
+    model = build_model("mlp", {"hidden": [16]}, "classification", classification.model_inputs(train, "fashion_mnist"))
+    return model.eval(), classification.load_test(raw_root, "fashion_mnist")
+
+
+@pytest.fixture
+def exported(tmp_path: Path, model_and_test) -> Path:
+    path = tmp_path / "model.onnx"
+    export_onnx(model_and_test[0], (1, 28, 28), path, 18, "pixels", "logits")
+    return path
+
+
+def test_export_is_valid_onnx_with_a_dynamic_batch(exported: Path, model_and_test):
+    graph = onnx.load(str(exported)).graph
+    assert [i.name for i in graph.input] == ["pixels"] and [o.name for o in graph.output] == ["logits"]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]
+    session = onnx_session(exported)
+    for batch in (1, 3, 50):
+        out = run_onnx(session, model_and_test[1].inputs[:batch].numpy(), batch)
+        assert out.shape == (batch, 10)
+
+
+def test_normalization_is_inside_the_graph(exported: Path, model_and_test):
+    """The ONNX model takes pixels in [0, 1]: feeding them raw must match torch's full model."""
+    model, test = model_and_test
+    pixels = test.inputs[:20]
+    expected = model(pixels).detach().numpy()
+    np.testing.assert_allclose(run_onnx(onnx_session(exported), pixels.numpy(), 20), expected, atol=1e-5)
+
+
+def test_parity_passes_on_the_whole_test_set(exported: Path, model_and_test):
+    model, test = model_and_test
+    report = check_parity(exported, model, test.inputs, test.targets, atol=1e-4, batch_size=16)
+    assert report["passed"] and report["samples"] == len(test)
+    assert report["checks"]["max_abs_logit_diff"]["measured"] < 1e-4
+    assert report["torch_accuracy"] == report["onnx_accuracy"]
+    assert_parity(report, exported)
+
+
+def test_parity_gate_fails_on_a_perturbed_model(tmp_path: Path, exported: Path, model_and_test):
+    model, test = model_and_test
+    proto = onnx.load(str(exported))
+    weight = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    perturbed = numpy_helper.to_array(weight) + np.float32(0.05)
+    weight.CopyFrom(numpy_helper.from_array(perturbed.astype(np.float32), weight.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    report = check_parity(broken, model, test.inputs, test.targets, atol=1e-4, batch_size=16)
+    assert not report["passed"]
+    assert not report["checks"]["max_abs_logit_diff"]["passed"]
+    assert report["checks"]["max_abs_logit_diff"]["measured"] > 1e-3
+    with pytest.raises(ParityError, match=r"max_abs_logit_diff: measured .*, limit 0.0001"):
+        assert_parity(report, broken)
