@@ -1,0 +1,82 @@
+"""End to end: `dvc repro` in a fresh copy of the repo with a shrunken params profile and the real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dltorch.config import load_params
+from tests.conftest import REPO
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _copy_repo(dest: Path) -> None:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=dest, check=True)
+
+
+def _shrink_params(repo: Path) -> None:
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["fetch"]["source_dir"] = str(FASHION_MNIST)
+    raw["fetch"]["download"] = False
+    raw["models"]["mlp"]["args"] = {"hidden": [32]}
+    raw["models"]["mlp"]["train"].update(epochs=2, batch_size=500, val_size=1000)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_params(repo / "params.yaml")  # the shrunken profile is still valid
+
+
+def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), (
+        "the end-to-end test uses the real Fashion-MNIST: run `make setup` (installs dataset-fashion-mnist)")
+    repo = tmp_path / "repo"
+    _copy_repo(repo)
+    _shrink_params(repo)
+    _dvc(repo, "repro")
+
+    metrics = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
+    eval_metrics = next(iter(metrics.values()))["data"]["models/mlp/eval/metrics.json"]["data"]
+    assert eval_metrics["test_accuracy"] > 0.75  # 2 epochs of a 32-unit MLP on the real data
+    parity = json.loads((repo / "models/mlp/parity.json").read_text())
+    assert parity["passed"] and parity["samples"] == 10_000
+    assert (repo / "models/mlp/model.onnx").stat().st_size > 0
+    plots = _dvc(repo, "plots", "show", "--json").stdout
+    assert "models/mlp/history.json" in plots and "models/mlp/eval/predictions.csv" in plots
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    run_id = json.loads((repo / "models/mlp/run.json").read_text())["run_id"]
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(eval_metrics["test_accuracy"])
+    assert run.data.tags["dvc_stage"] == "export@mlp"
+    assert (repo / "mlartifacts").is_dir()
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}
+    assert "evaluate/confusion.png" in artifacts
+
+    again = _dvc(repo, "repro")
+    assert "Data and pipelines are up to date" in again.stdout
