@@ -80,7 +80,8 @@ def log_params(params: dict[str, Any]) -> None:
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     import mlflow
 
-    numeric = {k: float(v) for k, v in _flatten(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numeric = {name: float(value) for name, value in _flatten(metrics).items()
+               if isinstance(value, int | float) and not isinstance(value, bool)}
     mlflow.log_metrics(numeric, step=step)
 
 

@@ -38,7 +38,8 @@ def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
     predicted = logits.argmax(1)
     figures = [
         plots.training_curves(history, bundle.name, out_dir / "curves.png"),
-        plots.confusion_matrix(summary["confusion"], classes, f"{bundle.name}: test confusion", out_dir / "confusion.png"),
+        plots.confusion_matrix(summary["confusion"], classes, f"{bundle.name}: test confusion",
+                               out_dir / "confusion.png"),
         plots.prediction_grid(test.inputs[:GRID_SIZE].numpy(), predicted[:GRID_SIZE].numpy(),
                               test.targets[:GRID_SIZE].numpy(), classes, bundle.name, out_dir / "predictions.png"),
     ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dltorch import tracking
 from dltorch.bundle import load_model
-from dltorch.export import assert_parity, check_parity, export_onnx, run_onnx, onnx_session
+from dltorch.export import assert_parity, check_parity, export_onnx, onnx_session, run_onnx
 from dltorch.io import atomic_path, read_json, write_json
 from dltorch.pipeline.train import MODEL_FILE, RUN_FILE
 from dltorch.tasks import get_task
