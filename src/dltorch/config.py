@@ -33,6 +33,13 @@ class MlflowConfig(Strict):
     experiment: str = Field("dltorch", min_length=1)
 
 
+class AugmentConfig(Strict):
+    """Applied to training batches only; off by default, as in the course's recipes."""
+
+    crop_padding: int = Field(0, ge=0, le=8)
+    hflip: bool = False
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(100, ge=1)
@@ -42,9 +49,13 @@ class TrainConfig(Strict):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Scheduler = "none"
+    warmup_epochs: float = Field(0.0, ge=0)
     loss: Loss = "cross_entropy"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     val_size: int = Field(5000, ge=0)
+    # Stop when the validation score has not improved for this many epochs; the best epoch's weights are kept.
+    early_stopping_patience: int | None = Field(None, ge=1)
+    augment: AugmentConfig = AugmentConfig()
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -53,6 +64,10 @@ class TrainConfig(Strict):
     def _nesterov_needs_momentum(self) -> TrainConfig:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov: needs optimizer 'sgd' with momentum > 0")
+        if self.early_stopping_patience is not None and self.val_size == 0:
+            raise ValueError("early_stopping_patience: needs a validation split (val_size > 0)")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs: must be less than epochs ({self.epochs})")
         return self
 
 
@@ -95,7 +110,7 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    for schema in (FetchConfig, MlflowConfig, TrainConfig, ExportConfig, ModelConfig, Params):
+    for schema in (FetchConfig, MlflowConfig, AugmentConfig, TrainConfig, ExportConfig, ModelConfig, Params):
         names.update(schema.model_fields)
     return names
 

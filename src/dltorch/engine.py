@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dltorch.augment import augment_batch
 from dltorch.config import TrainConfig
 from dltorch.data.images import TensorData
 from dltorch.errors import CheckpointError
@@ -52,17 +54,25 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Schedules step once per batch, so their shape does not depend on the epoch count's granularity."""
+    """Schedules step once per batch; an optional linear warm-up precedes the main schedule."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     total = cfg.epochs * steps_per_epoch
+    main_steps = total - warmup
     if cfg.scheduler == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total // 3), gamma=0.1)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if cfg.scheduler == "onecycle":
+        main = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    elif cfg.scheduler == "step":
+        main = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, main_steps // 3), gamma=0.1)
+    elif cfg.scheduler == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif cfg.scheduler == "onecycle":
+        # One-cycle has its own warm-up phase (pct_start); a separate warm-up would be redundant.
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
-    raise ValueError(f"unknown scheduler '{cfg.scheduler}'")
+    else:
+        raise ValueError(f"unknown scheduler '{cfg.scheduler}'")
+    if warmup == 0:
+        return main
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def batches(data: TensorData, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TensorData]:
@@ -85,7 +95,7 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
-    grad_clip: float | None,
+    cfg: TrainConfig,
     desc: str,
 ) -> dict[str, float]:
     model.train()
@@ -93,12 +103,14 @@ def train_one_epoch(
     with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False) as bar:
         for batch in batches(data, batch_size, generator):
             inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+            if cfg.augment.crop_padding or cfg.augment.hflip:
+                inputs = augment_batch(inputs, cfg.augment.crop_padding, cfg.augment.hflip, generator)
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             _accumulate(totals, loss.item() * len(targets), score_fn(outputs.detach(), targets))
@@ -147,6 +159,48 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return state
 
 
+@dataclass
+class Progress:
+    """What a checkpoint must carry besides the model and optimizer so a resumed run ends identically."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float | None = None
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def improve(self, record: dict[str, Any], monitor: str, mode: str, model: nn.Module) -> None:
+        score = record.get(monitor)
+        if score is None:  # no validation split: the latest epoch is the best we know
+            score, better = record["epoch"], True
+        else:
+            better = self.best_score is None or (score > self.best_score if mode == "max" else score < self.best_score)
+        if better:
+            self.best_score, self.best_epoch = score, record["epoch"]
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def should_stop(self, epoch: int, patience: int | None) -> bool:
+        return patience is not None and epoch - self.best_epoch >= patience
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, progress: Progress, fingerprint: str,
+                     extra: dict[str, Any] | None) -> None:
+    save_torch(path, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+        "epoch": epoch, "rng": torch.get_rng_state(), "history": progress.history, "best_score": progress.best_score,
+        "best_epoch": progress.best_epoch, "best_state": progress.best_state, "fingerprint": fingerprint,
+        "extra": extra or {},
+    })
+
+
+def _restore(state: dict[str, Any], model, optimizer, scheduler) -> tuple[int, Progress]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["lr_scheduler"])
+    torch.set_rng_state(state["rng"])
+    log.info("resuming from the checkpoint of epoch %d", state["epoch"])
+    return state["epoch"] + 1, Progress(state["history"], state["best_score"], state["best_epoch"], state["best_state"])
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -156,54 +210,50 @@ def fit(
     cfg: TrainConfig,
     checkpoint_path: Path,
     fingerprint: str,
+    monitor: tuple[str, str] = ("val_loss", "min"),
     resume: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Train for cfg.epochs (continuing from `resume`, a loaded checkpoint); returns the per-epoch history.
 
-    A checkpoint is written to checkpoint_path after every epoch, tagged with `fingerprint` and carrying
-    `extra` (e.g. the tracking run id), so an interrupted run can resume with the same result.
+    The validation score `monitor` (name, "min" or "max") picks the best epoch, whose weights the model
+    holds on return, and drives early stopping. A checkpoint is written to checkpoint_path after every
+    epoch, tagged with `fingerprint` and carrying `extra` (e.g. the tracking run id).
     """
     device = select_device(cfg.device)
     model.to(device)
     optimizer = make_optimizer(model.parameters(), cfg)
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    state = resume
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["lr_scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-        log.info("resuming from the checkpoint of epoch %d", state["epoch"])
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        # A per-epoch generator makes the shuffle order a function of (seed, epoch): resume needs no state.
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_scores = train_one_epoch(
-            model, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator, device,
-            cfg.grad_clip, desc=f"epoch {epoch}/{cfg.epochs}",
-        )
-        seconds = time.perf_counter() - started
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
-                                  "samples_per_second": round(len(train) / seconds, 1)}
-        record.update({f"train_{k}": v for k, v in train_scores.items()})
-        if val is not None:
-            val_scores = evaluate(model, loss_fn, score_fn, val, max(cfg.batch_size, 1000), device)
-            record.update({f"val_{k}": v for k, v in val_scores.items()})
-        history.append(record)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))
+    start, progress = _restore(resume, model, optimizer, scheduler) if resume else (1, Progress())
+    for epoch in range(start, cfg.epochs + 1):
+        if progress.should_stop(epoch - 1, cfg.early_stopping_patience):
+            break
+        record = _run_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg, epoch, device)
+        progress.history.append(record)
+        progress.improve(record, *monitor, model)
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        save_torch(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-            "epoch": epoch, "rng": torch.get_rng_state(), "history": history, "fingerprint": fingerprint,
-            "extra": extra or {},
-        })
+        _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, progress, fingerprint, extra)
         if on_epoch is not None:
             on_epoch(record)
-    return history
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
+    return progress.history
+
+
+def _run_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg: TrainConfig, epoch: int,
+               device: torch.device) -> dict[str, Any]:
+    # A per-epoch generator makes shuffling and augmentation a function of (seed, epoch): resume needs no state.
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    started = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
+    scores = train_one_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator,
+                             device, cfg, desc=f"epoch {epoch}/{cfg.epochs}")
+    seconds = time.perf_counter() - started
+    record: dict[str, Any] = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
+                              "samples_per_second": round(len(train) / seconds, 1)}
+    record.update({f"train_{k}": v for k, v in scores.items()})
+    if val is not None:
+        val_scores = evaluate(model, loss_fn, score_fn, val, max(cfg.batch_size, 1000), device)
+        record.update({f"val_{k}": v for k, v in val_scores.items()})
+    return record

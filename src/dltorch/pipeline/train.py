@@ -45,7 +45,8 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
             tracking.log_params({"dataset": dataset, **config})
         history = engine.fit(
             model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores, train_data,
-            val_data, cfg.train, checkpoint, fingerprint, resume=resume, extra={"run_id": run.info.run_id},
+            val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
+            extra={"run_id": run.info.run_id},
             on_epoch=lambda record: tracking.log_metrics(record, step=record["epoch"]),
         )
         bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)

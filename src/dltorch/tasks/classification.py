@@ -12,6 +12,7 @@ from dltorch.data.images import CLASSES, TensorData, channel_stats, load_split, 
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+MONITOR = ("val_accuracy", "max")  # picks the best epoch and drives early stopping
 
 
 class Normalize(nn.Module):
