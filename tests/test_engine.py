@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltorch import engine
+from dltorch import augment, engine
 from dltorch.bundle import build_model
 from dltorch.config import TrainConfig
 from dltorch.tasks import classification
@@ -116,3 +116,87 @@ def test_batches_cover_every_sample_once(raw_root):
     train, _ = classification.load_train_val(raw_root, "fashion_mnist", 0, 0)
     seen = torch.cat([b.targets for b in engine.batches(train, 7, torch.Generator().manual_seed(1))])
     assert len(seen) == len(train) and sorted(seen.tolist()) == sorted(train.targets.tolist())
+
+
+def test_early_stopping_stops_when_validation_stalls(raw_root, tmp_path):
+    # A learning rate this small leaves the validation accuracy where it started: no epoch beats epoch 1.
+    cfg = TrainConfig(epochs=10, batch_size=32, optimizer="sgd", lr=1e-12, val_size=40, early_stopping_patience=2)
+    model, train, val = _setup(raw_root, cfg)
+    history = engine.fit(model, classification.make_loss("cross_entropy"), classification.batch_scores, train, val,
+                         cfg, tmp_path / "c.pt", "fp", monitor=classification.MONITOR)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+
+
+def test_the_best_validation_epoch_is_the_one_kept(raw_root, tmp_path):
+    cfg = TrainConfig(epochs=6, batch_size=16, optimizer="sgd", lr=0.5, momentum=0.9, val_size=40)
+    model, train, val = _setup(raw_root, cfg)
+    snapshots = {}
+
+    def snapshot(record):
+        snapshots[record["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    history = engine.fit(model, classification.make_loss("cross_entropy"), classification.batch_scores, train, val,
+                         cfg, tmp_path / "c.pt", "fp", monitor=("val_loss", "min"), on_epoch=snapshot)
+    best = min(history, key=lambda row: row["val_loss"])["epoch"]
+    assert best != history[-1]["epoch"], "this recipe overshoots, so the best epoch is not the last"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[best][name])
+
+
+def test_augmentation_is_off_by_default_and_changes_inputs_when_on(raw_root, tmp_path):
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if self.training:
+                seen.append(x.detach().clone())
+            return self.inner(x)
+
+    for augment, expect_changed in (({}, False), ({"crop_padding": 2, "hflip": True}, True)):
+        seen.clear()
+        cfg = TrainConfig(epochs=1, batch_size=1000, val_size=0, augment=augment)
+        model, train, _ = _setup(raw_root, cfg)
+        engine.fit(Spy(model), classification.make_loss("cross_entropy"), classification.batch_scores, train, None,
+                   cfg, tmp_path / "c.pt", "fp")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 1))
+        unchanged = torch.equal(seen[0], train.inputs[order])
+        assert unchanged != expect_changed
+
+
+def test_random_crop_shifts_each_image_within_the_padding():
+    images = torch.rand(64, 1, 28, 28)
+    cropped = augment.random_crop(images, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    shifts = set()
+    for index in range(len(images)):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(cropped[index], padded[index, :, dy : dy + 28, dx : dx + 28])]
+        assert matches, f"image {index} is not a crop of its padded self"
+        shifts.add(matches[0])
+    assert len(shifts) > 5  # offsets differ per image
+
+
+def test_random_hflip_flips_about_half_of_the_images():
+    images = torch.rand(200, 1, 28, 28)
+    flipped = augment.random_hflip(images, torch.Generator().manual_seed(0))
+    is_flipped = torch.tensor([torch.equal(f, i.flip(-1)) for f, i in zip(flipped, images, strict=True)])
+    is_same = torch.tensor([torch.equal(f, i) for f, i in zip(flipped, images, strict=True)])
+    assert torch.all(is_flipped ^ is_same) and 60 < int(is_flipped.sum()) < 140
+
+
+def test_warmup_ramps_linearly_then_hands_over_to_the_schedule():
+    cfg = TrainConfig(epochs=4, scheduler="cosine", lr=1.0, warmup_epochs=1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = engine.make_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(0.91)
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] < 0.01
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))

@@ -85,6 +85,11 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     mlflow.log_metrics(numeric, step=step)
 
 
+def log_epoch(record: dict[str, Any]) -> None:
+    """One engine history record as metrics at step = epoch."""
+    log_metrics({name: value for name, value in record.items() if name != "epoch"}, step=record["epoch"])
+
+
 def log_artifacts(paths: list[Path], folder: str) -> None:
     import mlflow
 

@@ -47,7 +47,7 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
             model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores, train_data,
             val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
             extra={"run_id": run.info.run_id},
-            on_epoch=lambda record: tracking.log_metrics(record, step=record["epoch"]),
+            on_epoch=tracking.log_epoch,
         )
         bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
         save_model(out_dir / MODEL_FILE, bundle, model.cpu())

@@ -1,0 +1,68 @@
+"""Every registered architecture, and every model of params.yaml, through build, train, export and parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dltorch.config import load_params, parse_params
+from dltorch.errors import ParamsError
+from dltorch.models import create, names, register_model
+from dltorch.models.registry import get
+from dltorch.pipeline.export import export
+from dltorch.pipeline.train import train
+from tests.conftest import REPO
+
+REPO_PARAMS = load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize("arch", names())
+def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
+    torch.manual_seed(0)
+    model = create(arch, {}, in_shape=(1, 28, 28), num_classes=10)
+    out = model(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_registry_rejects_duplicates_and_lists_known_names():
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model(get("mlp"))
+    with pytest.raises(ValueError, match="known: lenet5, mlp, resnet, vit"):
+        get("alexnet")
+
+
+def test_invalid_architecture_arguments_are_params_errors():
+    with pytest.raises(ParamsError, match="resnet: widths and blocks"):
+        create("resnet", {"widths": [8, 16], "blocks": [1]}, in_shape=(1, 28, 28), num_classes=10)
+    with pytest.raises(ParamsError, match="vit: patch 5 must divide 28x28"):
+        create("vit", {"patch": 5}, in_shape=(1, 28, 28), num_classes=10)
+
+
+def test_softmax_regression_is_one_linear_layer():
+    model = create(**{"name": "mlp", "args": REPO_PARAMS.model("softmax_regression").args},
+                   in_shape=(1, 28, 28), num_classes=10)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == 1 and linear[0].weight.shape == (10, 784)
+
+
+def _shrunk(name: str) -> dict:
+    """The repo's params entry for `name`, shrunk to one short epoch on tiny data."""
+    entry = REPO_PARAMS.model(name).model_dump(mode="json")
+    entry["train"].update(epochs=1, val_size=40, warmup_epochs=0, early_stopping_patience=None)
+    return {"fetch": {"source_dir": None, "download": False}, "mlflow": {"experiment": "tests"},
+            "models": {name: entry}}
+
+
+@pytest.mark.parametrize("name", sorted(REPO_PARAMS.models))
+def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Path, raw_root: Path, mlflow_store):
+    params = parse_params(_shrunk(name))
+    model_dir = tmp_path / name
+    history = train(params, name, raw_root, model_dir)
+    assert len(history) == 1 and history[0]["train_loss"] == history[0]["train_loss"]  # not NaN
+    report = export(raw_root, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json",
+                    opset=params.model(name).export.opset, atol=params.model(name).export.atol, batch_size=16)
+    assert report["passed"], report["checks"]
