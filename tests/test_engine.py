@@ -156,9 +156,9 @@ def test_augmentation_is_off_by_default_and_changes_inputs_when_on(raw_root, tmp
                 seen.append(x.detach().clone())
             return self.inner(x)
 
-    for augment, expect_changed in (({}, False), ({"crop_padding": 2, "hflip": True}, True)):
+    for augmentation, expect_changed in (({}, False), ({"crop_padding": 2, "hflip": True}, True)):
         seen.clear()
-        cfg = TrainConfig(epochs=1, batch_size=1000, val_size=0, augment=augment)
+        cfg = TrainConfig(epochs=1, batch_size=1000, val_size=0, augment=augmentation)
         model, train, _ = _setup(raw_root, cfg)
         engine.fit(Spy(model), classification.make_loss("cross_entropy"), classification.batch_scores, train, None,
                    cfg, tmp_path / "c.pt", "fp")

@@ -52,9 +52,10 @@ def test_normalization_is_inside_the_graph(exported: Path, model_and_test):
 
 def test_parity_passes_on_the_whole_test_set(exported: Path, model_and_test):
     model, test = model_and_test
-    report = check_parity(exported, model, test.inputs, test.targets, atol=1e-4, batch_size=16)
+    report = check_parity(exported, model, test.inputs, test.targets, atol=1e-4, batch_size=16,
+                          task_checks=classification.parity_checks)
     assert report["passed"] and report["samples"] == len(test)
-    assert report["checks"]["max_abs_logit_diff"]["measured"] < 1e-4
+    assert report["checks"]["max_abs_diff"]["measured"] < 1e-4
     assert report["torch_accuracy"] == report["onnx_accuracy"]
     assert_parity(report, exported)
 
@@ -67,9 +68,10 @@ def test_parity_gate_fails_on_a_perturbed_model(tmp_path: Path, exported: Path, 
     weight.CopyFrom(numpy_helper.from_array(perturbed.astype(np.float32), weight.name))
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, str(broken))
-    report = check_parity(broken, model, test.inputs, test.targets, atol=1e-4, batch_size=16)
+    report = check_parity(broken, model, test.inputs, test.targets, atol=1e-4, batch_size=16,
+                          task_checks=classification.parity_checks)
     assert not report["passed"]
-    assert not report["checks"]["max_abs_logit_diff"]["passed"]
-    assert report["checks"]["max_abs_logit_diff"]["measured"] > 1e-3
-    with pytest.raises(ParityError, match=r"max_abs_logit_diff: measured .*, limit 0.0001"):
+    assert not report["checks"]["max_abs_diff"]["passed"]
+    assert report["checks"]["max_abs_diff"]["measured"] > 1e-3
+    with pytest.raises(ParityError, match=r"max_abs_diff: measured .*, limit 0.0001"):
         assert_parity(report, broken)

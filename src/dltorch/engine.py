@@ -75,6 +75,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
+def memory_format(inputs: torch.Tensor) -> torch.memory_format:
+    """Image batches train in channels-last: oneDNN's convolutions run markedly faster in it on CPU."""
+    return torch.channels_last if inputs.ndim == 4 else torch.contiguous_format
+
+
 def batches(data: TensorData, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TensorData]:
     """Slices of in-memory tensors; shuffled when a generator is given."""
     order = torch.randperm(len(data), generator=generator) if generator is not None else None
@@ -105,7 +110,7 @@ def train_one_epoch(
             inputs, targets = batch.inputs.to(device), batch.targets.to(device)
             if cfg.augment.crop_padding or cfg.augment.hflip:
                 inputs = augment_batch(inputs, cfg.augment.crop_padding, cfg.augment.hflip, generator)
-            outputs = model(inputs)
+            outputs = model(inputs.contiguous(memory_format=memory_format(inputs)))
             loss = loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -222,7 +227,7 @@ def fit(
     epoch, tagged with `fingerprint` and carrying `extra` (e.g. the tracking run id).
     """
     device = select_device(cfg.device)
-    model.to(device)
+    model.to(device, memory_format=memory_format(train.inputs))
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))
     start, progress = _restore(resume, model, optimizer, scheduler) if resume else (1, Progress())

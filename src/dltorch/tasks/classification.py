@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dltorch import plots
 from dltorch.data.images import CLASSES, TensorData, channel_stats, load_split, split_validation
+from dltorch.io import atomic_path
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 MONITOR = ("val_accuracy", "max")  # picks the best epoch and drives early stopping
+GRID_SIZE = 32
 
 
 class Normalize(nn.Module):
@@ -77,6 +82,39 @@ def summarize(logits: torch.Tensor, targets: torch.Tensor, loss: float, dataset:
     }
 
 
-def export_spec(example_batch: int = 4) -> dict:
-    return {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "dynamic_dims": {0: "batch"},
-            "example_shape": (example_batch, 1, 28, 28)}
+def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
+    """Beyond close logits: the same predicted class for every input, hence the same accuracy."""
+    agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+    torch_acc = float((expected.argmax(1) == targets).mean())
+    onnx_acc = float((actual.argmax(1) == targets).mean())
+    checks = {
+        "argmax_agreement": {"measured": agreement, "limit": 1.0, "passed": agreement == 1.0},
+        "accuracy_equal": {"measured": onnx_acc - torch_acc, "limit": 0.0, "passed": onnx_acc == torch_acc},
+    }
+    return checks, {"torch_accuracy": torch_acc, "onnx_accuracy": onnx_acc}
+
+
+def report(logits: torch.Tensor, test: TensorData, loss: float, dataset: str, name: str,
+           history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
+    """Test metrics, the figures, and a per-image CSV for `dvc plots`' confusion template."""
+    summary = summarize(logits, test.targets, loss, dataset)
+    classes = CLASSES[dataset]
+    predicted = logits.argmax(1)
+    shown = slice(0, GRID_SIZE)
+    figures = [
+        plots.training_curves(history, name, out_dir / "curves.png"),
+        plots.confusion_matrix(summary["confusion"], classes, f"{name}: test confusion", out_dir / "confusion.png"),
+        plots.prediction_grid(test.inputs[shown].numpy(), predicted[shown].numpy(), test.targets[shown].numpy(),
+                              classes, name, out_dir / "predictions.png"),
+    ]
+    _write_predictions(out_dir / "predictions.csv", test.targets.tolist(), predicted.tolist(), classes)
+    metrics = {"test_accuracy": summary["accuracy"], "test_loss": summary["loss"],
+               "per_class_accuracy": summary["per_class_accuracy"]}
+    return metrics, figures
+
+
+def _write_predictions(path: Path, targets: list[int], predicted: list[int], classes: list[str]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((classes[t], classes[p]) for t, p in zip(targets, predicted, strict=True))
