@@ -105,7 +105,8 @@ def train_one_epoch(
 ) -> dict[str, float]:
     model.train()
     totals: dict[str, float] = {"loss": 0.0}
-    with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False) as bar:
+    with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False,
+              disable=None) as bar:  # a bar on a terminal, not thousands of lines in logs
         for batch in batches(data, batch_size, generator):
             inputs, targets = batch.inputs.to(device), batch.targets.to(device)
             if cfg.augment.crop_padding or cfg.augment.hflip:
