@@ -80,6 +80,9 @@ class ExportConfig(Strict):
 class ModelConfig(Strict):
     arch: str
     task: Task = "classification"
+    # What the model reads, as a path under data/ (dvc.yaml passes data/<data> and depends on it):
+    # `raw` is the fetched image set; synthetic sets live under `synthetic/`.
+    data: str = Field(min_length=1)
     # Required, not defaulted: DVC tracks models.<name>.args and .train as params, so they must be written out.
     args: dict[str, Any]
     train: TrainConfig
