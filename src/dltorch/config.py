@@ -14,8 +14,13 @@ from dltorch.models import registry
 
 Optimizer = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
-Loss = Literal["cross_entropy", "mse_onehot"]
-Task = Literal["classification"]
+Loss = Literal["cross_entropy", "mse_onehot", "mse"]
+Task = Literal["classification", "regression"]
+# The engine trains every model; the course's two hand-written regression loops are kept as lessons.
+Trainer = Literal["engine", "numpy_gd", "manual_autograd"]
+SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points"]
+TASK_LOSSES = {"classification": ("cross_entropy", "mse_onehot"), "regression": ("mse",)}
+SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv
 
 
 class Strict(BaseModel):
@@ -27,6 +32,42 @@ class FetchConfig(Strict):
     # Where a local copy of the four IDX .gz files lives (Debian's dataset-fashion-mnist puts them here).
     source_dir: Path | None = Path("/usr/share/datasets/fashion-mnist")
     download: bool = True
+
+
+class SetConfig(Strict):
+    """A synthetic set: the course's recipe (data/synthetic.py) drawn with this seed, size and noise."""
+
+    seed: int = Field(ge=0)
+    size: int = Field(ge=2)
+    noise: float = Field(ge=0)
+
+
+class SplitSetConfig(SetConfig):
+    """A set whose rows are split into train and test: train_size rows train, the rest test."""
+
+    train_size: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> SplitSetConfig:
+        if self.train_size >= self.size:
+            raise ValueError(f"train_size: {self.train_size} leaves no test rows out of size {self.size}")
+        return self
+
+
+class ShuffledSplitSetConfig(SplitSetConfig):
+    # The split draws from its own generator, as sklearn's train_test_split(random_state=split_seed) does.
+    split_seed: int = Field(ge=0)
+
+
+class SynthConfig(Strict):
+    """Every synthetic set; the defaults are the course's recipes."""
+
+    line: SplitSetConfig = SplitSetConfig(seed=0, size=100, noise=1.0, train_size=80)
+    line_small_noise: SplitSetConfig = SplitSetConfig(seed=42, size=100, noise=0.1, train_size=80)
+    quadratic: ShuffledSplitSetConfig = ShuffledSplitSetConfig(seed=32, size=100, noise=5.0, train_size=70,
+                                                              split_seed=42)
+    parabola: SetConfig = SetConfig(seed=0, size=1000, noise=1.0)
+    dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
 
 
 class MlflowConfig(Strict):
@@ -59,6 +100,7 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    trainer: Trainer = "engine"
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:
@@ -97,13 +139,88 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _valid_args(self) -> ModelConfig:
         registry.validate_args(self.arch, self.args)
+        if self.train.loss not in TASK_LOSSES[self.task]:
+            raise ValueError(f"train.loss: '{self.train.loss}' is not a {self.task} loss; "
+                             f"known: {', '.join(TASK_LOSSES[self.task])}")
+        if self.train.trainer != "engine" and self.task != "regression":
+            raise ValueError(f"train.trainer: '{self.train.trainer}' trains a regression only (task: regression)")
         return self
+
+
+class VariantConfig(Strict):
+    """One variant of a study: what it changes of the study's architecture, arguments and train settings."""
+
+    arch: str | None = None
+    args: dict[str, Any] | None = None
+    train: dict[str, Any] = {}
+
+
+class StudyConfig(Strict):
+    """A comparison on one synthetic set: every variant starts from the shared settings and overrides a few."""
+
+    data: SetName
+    arch: str
+    args: dict[str, Any]
+    train: TrainConfig
+    variants: dict[str, VariantConfig] = Field(min_length=1)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        registry.get(arch)
+        return arch
+
+    @model_validator(mode="after")
+    def _valid_variants(self) -> StudyConfig:
+        for name in self.variants:
+            self.variant(name)
+        return self
+
+    def variant(self, name: str) -> tuple[str, dict[str, Any], TrainConfig]:
+        """The variant's resolved (arch, args, train settings); a bad override is an error naming its key."""
+        override = self.variants[name]
+        arch = override.arch or self.arch
+        args = self.args if override.args is None else override.args
+        try:
+            registry.validate_args(arch, args)
+        except ValueError as exc:
+            raise ValueError(f"variants.{name}: {arch}: {exc}") from None
+        try:
+            train = TrainConfig.model_validate({**self.train.model_dump(), **override.train})
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"variants.{name}.train.{_describe(e)}" for e in exc.errors())) from None
+        return arch, args, train
+
+
+STUDIES = ("gd_variants", "capacity", "dropout", "optimizers", "lr_schedules")
 
 
 class Params(Strict):
     fetch: FetchConfig = FetchConfig()
+    synth: SynthConfig = SynthConfig()
     mlflow: MlflowConfig = MlflowConfig()
     models: dict[str, ModelConfig]
+    # The course's studies: each a DVC stage of the same name, optional so a profile may leave them out.
+    gd_variants: StudyConfig | None = None
+    capacity: StudyConfig | None = None
+    dropout: StudyConfig | None = None
+    optimizers: StudyConfig | None = None
+    lr_schedules: StudyConfig | None = None
+
+    def study(self, name: str) -> StudyConfig:
+        found = getattr(self, name, None) if name in STUDIES else None
+        if not isinstance(found, StudyConfig):
+            raise ParamsError(f"{name}: no such study in params.yaml; studies: {', '.join(STUDIES)}")
+        return found
+
+    @model_validator(mode="after")
+    def _known_synthetic_sets(self) -> Params:
+        for name, model in self.models.items():
+            folder, _, file = model.data.partition("/")
+            if folder == SYNTHETIC_DIR and file.removesuffix(".csv") not in SynthConfig.model_fields:
+                raise ValueError(f"models.{name}.data: '{model.data}' is not a synth set; known: "
+                                 + ", ".join(f"{SYNTHETIC_DIR}/{s}.csv" for s in SynthConfig.model_fields))
+        return self
 
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:
@@ -113,7 +230,8 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    for schema in (FetchConfig, MlflowConfig, AugmentConfig, TrainConfig, ExportConfig, ModelConfig, Params):
+    for schema in (FetchConfig, SynthConfig, ShuffledSplitSetConfig, MlflowConfig, AugmentConfig, TrainConfig,
+                   ExportConfig, ModelConfig, VariantConfig, StudyConfig, Params):
         names.update(schema.model_fields)
     return names
 
@@ -126,7 +244,7 @@ def _describe(error: dict[str, Any]) -> str:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{path}: unknown key{hint}"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{path}: {message}"
+    return f"{path}: {message}" if path else message
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

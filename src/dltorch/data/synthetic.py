@@ -1,0 +1,142 @@
+"""The course's synthetic sets, drawn exactly as its own code draws them, and their CSV files.
+
+Each generator uses its own RNG seeded from params (numpy's RandomState and a torch Generator give the same
+streams as the course's global `np.random.seed` / `torch.manual_seed`), and draws in the course's order,
+so a set equals the course's for the same seed. Files are `x,y,split` rows with floats at full precision
+(repr round-trips), hence byte-identical for the same params.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dltorch.config import SetConfig, ShuffledSplitSetConfig, SplitSetConfig, SynthConfig
+from dltorch.errors import DataError
+from dltorch.io import atomic_path
+
+HEADER = ["x", "y", "split"]
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class SetData:
+    x: np.ndarray  # float64, (N,)
+    y: np.ndarray  # float64, (N,)
+    split: np.ndarray  # "train" or "test", (N,)
+
+    def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.split == split
+        return self.x[rows], self.y[rows]
+
+
+def _labels(size: int, train_rows: np.ndarray) -> np.ndarray:
+    split = np.full(size, "test", dtype=object)
+    split[train_rows] = "train"
+    return split
+
+
+def line(cfg: SplitSetConfig) -> SetData:
+    """np.random.seed(0); x = rand(100); y = 2x + 3 + randn(100); the first 80 rows train, the last 20 test."""
+    rng = np.random.RandomState(cfg.seed)
+    x = rng.rand(cfg.size)
+    y = 2 * x + 3 + cfg.noise * rng.randn(cfg.size)
+    return SetData(x, y, _labels(cfg.size, np.arange(cfg.train_size)))
+
+
+def line_small_noise(cfg: SplitSetConfig) -> SetData:
+    """np.random.seed(42); x = rand(100, 1); y = 1 + 2x + 0.1 randn(100, 1); then, as the course,
+    the same RNG shuffles the indices and the first 80 of them train."""
+    rng = np.random.RandomState(cfg.seed)
+    x = rng.rand(cfg.size, 1)
+    y = 1 + 2 * x + cfg.noise * rng.randn(cfg.size, 1)
+    order = np.arange(cfg.size)
+    rng.shuffle(order)
+    return SetData(x.ravel(), y.ravel(), _labels(cfg.size, order[: cfg.train_size]))
+
+
+def quadratic(cfg: ShuffledSplitSetConfig) -> SetData:
+    """np.random.seed(32); x ~ uniform(-5, 5, 100); y = x^2 + 1 + 5 normal(0, 1, 100); a 70/30 split drawn
+    like sklearn's train_test_split(test_size=30, random_state=split_seed): test rows first in a permutation."""
+    rng = np.random.RandomState(cfg.seed)
+    x = rng.uniform(-5, 5, cfg.size)
+    y = x**2 + 1 + cfg.noise * rng.normal(0, 1, cfg.size)
+    order = np.random.RandomState(cfg.split_seed).permutation(cfg.size)
+    return SetData(x, y, _labels(cfg.size, order[cfg.size - cfg.train_size :]))
+
+
+def parabola(cfg: SetConfig) -> SetData:
+    """np.random.seed(0); x = linspace(-5, 5, 1000); y = 0.3 x^2 + randn(1000); every row trains."""
+    rng = np.random.RandomState(cfg.seed)
+    x = np.linspace(-5, 5, cfg.size)
+    y = 0.3 * x**2 + cfg.noise * rng.randn(cfg.size)
+    return SetData(x, y, _labels(cfg.size, np.arange(cfg.size)))
+
+
+def dropout_points(cfg: SetConfig) -> SetData:
+    """torch.manual_seed(2333); 20 points on linspace(-1, 1); y = x + 0.3 normal, then a test y drawn
+    independently on the same x (float32, as the course)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x = torch.unsqueeze(torch.linspace(-1, 1, cfg.size), 1)
+    noise = [torch.normal(torch.zeros(cfg.size, 1), torch.ones(cfg.size, 1), generator=generator) for _ in SPLITS]
+    y_train, y_test = (x + cfg.noise * draw for draw in noise)
+    xs = np.concatenate([x.numpy().ravel()] * 2).astype(np.float64)
+    ys = np.concatenate([y_train.numpy().ravel(), y_test.numpy().ravel()]).astype(np.float64)
+    return SetData(xs, ys, _labels(2 * cfg.size, np.arange(cfg.size)))
+
+
+GENERATORS = {"line": line, "line_small_noise": line_small_noise, "quadratic": quadratic, "parabola": parabola,
+              "dropout_points": dropout_points}
+
+
+def generate(name: str, cfg: SynthConfig) -> SetData:
+    if name not in GENERATORS:
+        raise ValueError(f"unknown synthetic set '{name}'; known: {', '.join(GENERATORS)}")
+    return GENERATORS[name](getattr(cfg, name))
+
+
+def write_set(data: SetData, path: Path) -> str:
+    """Write the CSV atomically; returns its SHA-256."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(HEADER)
+            writer.writerows((repr(float(x)), repr(float(y)), s) for x, y, s in zip(data.x, data.y, data.split,
+                                                                                      strict=True))
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    return digest
+
+
+def write_sets(cfg: SynthConfig, out_dir: Path) -> dict[str, str]:
+    """Every set as <out_dir>/<name>.csv; returns {name: SHA-256}."""
+    return {name: write_set(generate(name, cfg), out_dir / f"{name}.csv") for name in GENERATORS}
+
+
+def read_set(path: Path) -> SetData:
+    """Read a set written by write_set; a missing or malformed file is a DataError naming file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the synth stage first (dvc repro synth)")
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0] != HEADER:
+        raise DataError(f"{path}: not a synthetic set (expected the header {','.join(HEADER)})")
+    if len(rows) < 2:
+        raise DataError(f"{path}: no rows")
+    parsed = [_parse_row(row, path, line) for line, row in enumerate(rows[1:], start=2)]
+    x, y, split = zip(*parsed, strict=True)
+    return SetData(np.array(x), np.array(y), np.array(split, dtype=object))
+
+
+def _parse_row(row: list[str], path: Path, line: int) -> tuple[float, float, str]:
+    try:
+        if len(row) != 3 or row[2] not in SPLITS:
+            raise ValueError
+        return float(row[0]), float(row[1]), row[2]
+    except ValueError:
+        raise DataError(f"{path}: line {line}: expected x,y,split with two numbers and split train|test") from None

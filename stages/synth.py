@@ -1,0 +1,22 @@
+"""DVC stage `synth`: every synthetic set of the course, drawn from params.yaml's `synth` section."""
+
+import argparse
+from pathlib import Path
+
+from dltorch.config import load_params
+from dltorch.data.synthetic import write_sets
+from dltorch.entry import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for the <set>.csv files")
+    args = parser.parse_args()
+    digests = write_sets(load_params(args.params).synth, args.out)
+    for name, digest in digests.items():
+        print(f"{args.out / name}.csv  sha256 {digest}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
