@@ -12,7 +12,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model", required=True, help="a key of `models` in params.yaml")
-    parser.add_argument("--data", type=Path, required=True, help="root folder of the raw data")
+    parser.add_argument("--data", type=Path, required=True, help="the data the model reads (data/<models.NAME.data>)")
     parser.add_argument("--model-dir", type=Path, required=True, help="the trained model's folder")
     parser.add_argument("--onnx", type=Path, required=True, help="where the ONNX file goes")
     parser.add_argument("--report", type=Path, required=True, help="where the parity report goes")

@@ -12,7 +12,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model", required=True, help="a key of `models` in params.yaml")
-    parser.add_argument("--data", type=Path, required=True, help="root folder of the raw data")
+    parser.add_argument("--data", type=Path, required=True, help="the data the model reads (data/<models.NAME.data>)")
     parser.add_argument("--out", type=Path, required=True, help="the model's folder")
     args = parser.parse_args()
     train(load_params(args.params), args.model, args.data, args.out)

@@ -34,7 +34,7 @@ class ModelBundle:
 
 def build_model(arch: str, args: dict[str, Any], task: str, inputs: dict[str, Any]) -> nn.Module:
     net = create(arch, args, in_shape=tuple(inputs["in_shape"]), num_classes=inputs["num_classes"])
-    return get_task(task).wrap(net, inputs["mean"], inputs["std"])
+    return get_task(task).wrap(net, inputs)
 
 
 def save_model(path: Path, bundle: ModelBundle, model: nn.Module) -> None:

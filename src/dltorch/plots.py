@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,4 +66,69 @@ def prediction_grid(images: np.ndarray, predicted: np.ndarray, true: np.ndarray,
         ax.imshow(image.squeeze(), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"{classes[pred]}\n({classes[label]})", fontsize=7, color="black" if pred == label else "red")
     fig.suptitle(f"{title}: predicted (true)")
+    return _save(fig, path)
+
+
+def _spans_decades(values: list[float]) -> bool:
+    """Log scale when positive values span more than a factor of 100."""
+    finite = [v for v in values if np.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 100
+
+
+def fit_over_points(points: dict[str, tuple[np.ndarray, np.ndarray]], lines: dict[str, Any], title: str,
+                    path: Path) -> Path:
+    """Scattered (x, y) sets with fitted curves over them; `lines` maps a label to a function of x."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, (x, y) in points.items():
+        ax.scatter(x, y, s=14, alpha=0.7, label=f"{label} points")
+    low = min(float(np.min(x)) for x, _ in points.values())
+    high = max(float(np.max(x)) for x, _ in points.values())
+    grid = np.linspace(low, high, 200)
+    for (label, curve), style in zip(lines.items(), ("-", "--", ":", "-."), strict=False):
+        ax.plot(grid, curve(grid), style, linewidth=2, label=label)
+    ax.set(title=title, xlabel="x", ylabel="y")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> Path:
+    """A regression's counterpart of the confusion matrix: predictions against truth, the diagonal is perfect."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.scatter(actual, predicted, s=16)
+    low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    ax.plot([low, high], [low, high], "k--", linewidth=1, label="predicted = actual")
+    ax.set(title=title, xlabel="actual y", ylabel="predicted y")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+@dataclass
+class Panel:
+    """One axes of a study figure: named curves (x values, y values), optional scattered points."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    curves: dict[str, tuple[list[float], list[float]]]
+    points: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    log_y: bool | None = None  # None: log scale when the curves span decades
+
+
+def panels(items: list[Panel], title: str, path: Path) -> Path:
+    """Panels side by side, each with title, axis labels and a legend."""
+    fig, axes = plt.subplots(1, len(items), figsize=(5 * len(items), 3.9), squeeze=False)
+    for ax, panel in zip(axes[0], items, strict=True):
+        for label, (x, y) in panel.points.items():
+            ax.scatter(x, y, s=14, alpha=0.7, label=label)
+        for label, (x, y) in panel.curves.items():
+            ax.plot(x, y, linewidth=1.5, label=label)
+        values = [v for _, ys in panel.curves.values() for v in ys]
+        if panel.log_y or (panel.log_y is None and _spans_decades(values)):
+            ax.set_yscale("log")
+        ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     return _save(fig, path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,45 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
 def log_epoch(record: dict[str, Any]) -> None:
     """One engine history record as metrics at step = epoch."""
     log_metrics({name: value for name, value in record.items() if name != "epoch"}, step=record["epoch"])
+
+
+@contextmanager
+def epoch_logger(interval_s: float = 1.0) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """An on_epoch callback that writes epochs in batches at most once per interval_s, and the rest on exit.
+
+    Each write is a database transaction: 1000 sub-millisecond epochs logged one by one would take far longer
+    than training them, while an epoch that takes longer than interval_s is still written as soon as it ends.
+    """
+    pending: list[dict[str, Any]] = []
+    last = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last
+        if pending:
+            log_history(pending)
+            pending.clear()
+        last = time.monotonic()
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        pending.append(record)
+        if time.monotonic() - last >= interval_s:
+            flush()
+
+    try:
+        yield on_epoch
+    finally:
+        flush()  # also after a crash: a resumed run keeps the epochs it had
+
+
+def log_history(history: list[dict[str, Any]], step_key: str = "epoch") -> None:
+    """A whole history at once (one batched write, not one per row): each numeric field at step = row[step_key]."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, int(row[step_key])) for row in history for name, value in row.items()
+               if name != step_key and isinstance(value, int | float) and not isinstance(value, bool)]
+    mlflow.tracking.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=metrics)
 
 
 def log_artifacts(paths: list[Path], folder: str) -> None:

@@ -18,7 +18,7 @@ def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
     train_cfg = bundle.config["train"]
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
-    metrics, figures = task.report(outputs, test, loss, bundle.dataset, bundle.name,
+    metrics, figures = task.report(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,
                                    read_json(model_dir / HISTORY_FILE), out_dir)
     write_json(out_dir / "metrics.json", metrics)
     run = read_json(model_dir / RUN_FILE)

@@ -10,4 +10,8 @@ def get_task(name: str) -> ModuleType:
         from dltorch.tasks import classification
 
         return classification
-    raise ValueError(f"unknown task '{name}'; known: classification")
+    if name == "regression":
+        from dltorch.tasks import regression
+
+        return regression
+    raise ValueError(f"unknown task '{name}'; known: classification, regression")

@@ -32,8 +32,12 @@ class Normalize(nn.Module):
         return (pixels - self.mean) / self.std
 
 
-def wrap(net: nn.Module, mean: list[float], std: list[float]) -> nn.Module:
-    return nn.Sequential(Normalize(mean, std), net)
+def wrap(net: nn.Module, inputs: dict) -> nn.Module:
+    return nn.Sequential(Normalize(inputs["mean"], inputs["std"]), net)
+
+
+def dataset_name(data: Path, fetched: str) -> str:
+    return fetched  # the image set the fetch stage put under data
 
 
 def load_train_val(raw_root: Path, dataset: str, val_size: int, seed: int) -> tuple[TensorData, TensorData | None]:
@@ -94,8 +98,8 @@ def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray)
     return checks, {"torch_accuracy": torch_acc, "onnx_accuracy": onnx_acc}
 
 
-def report(logits: torch.Tensor, test: TensorData, loss: float, dataset: str, name: str,
-           history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
+def report(model: nn.Module, logits: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
+           name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
     """Test metrics, the figures, and a per-image CSV for `dvc plots`' confusion template."""
     summary = summarize(logits, test.targets, loss, dataset)
     classes = CLASSES[dataset]

@@ -1,0 +1,127 @@
+"""Regression on a synthetic set (x -> y): data, loss, metrics, export spec, and the course's hand-written loops."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dltorch import linreg, plots
+from dltorch.config import TrainConfig
+from dltorch.data.images import TensorData, split_validation
+from dltorch.data.synthetic import read_set
+from dltorch.errors import DataError, ParamsError
+from dltorch.io import atomic_path
+
+INPUT_NAME = "x"
+OUTPUT_NAME = "y"
+MONITOR = ("val_loss", "min")
+
+
+def dataset_name(data: Path, fetched: str) -> str:
+    return data.stem  # the synthetic set's name
+
+
+def _part(data: Path, split: str) -> TensorData:
+    x, y = read_set(data).part(split)
+    if len(x) == 0:
+        raise DataError(f"{data}: no {split} rows")
+    as_column = lambda a: torch.from_numpy(a).float().unsqueeze(1)  # noqa: E731
+    return TensorData(as_column(x), as_column(y))
+
+
+def load_train_val(data: Path, dataset: str, val_size: int, seed: int) -> tuple[TensorData, TensorData | None]:
+    return split_validation(_part(data, "train"), val_size, seed)
+
+
+def load_test(data: Path, dataset: str) -> TensorData:
+    return _part(data, "test")
+
+
+def model_inputs(train: TensorData, dataset: str) -> dict:
+    return {"in_shape": (1,), "num_classes": 1}  # one x in, one y out
+
+
+def wrap(net: nn.Module, inputs: dict) -> nn.Module:
+    return net  # raw x in, so a linear model's weight and bias are the line's w and b
+
+
+def make_loss(name: str, label_smoothing: float = 0.0):
+    if name == "mse":
+        return nn.MSELoss()
+    raise ValueError(f"unknown loss '{name}'; known: mse")
+
+
+def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    return {}  # the loss (MSE) is the score
+
+
+def single_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's only Linear layer when the model is a line y = w x + b, else None."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linear[0] if len(linear) == 1 and linear[0].weight.shape == (1, 1) else None
+
+
+def train_by_hand(trainer: str, model: nn.Module, data: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The course's hand-written loops (linreg.py); the fitted w and b are written into the model's Linear."""
+    linear = single_linear(model)
+    if linear is None:
+        raise ParamsError(f"train.trainer '{trainer}' fits a line: the model must be one Linear layer 1 -> 1")
+    x, y = read_set(data).part("train")
+    if trainer == "numpy_gd":
+        w, b, history = linreg.numpy_gd(x, y, cfg.lr, cfg.epochs)
+    elif trainer == "manual_autograd":
+        column = lambda a: torch.from_numpy(a).float().unsqueeze(1)  # noqa: E731
+        w, b, history = linreg.manual_autograd(column(x), column(y), cfg.lr, cfg.epochs, cfg.seed)
+    else:
+        raise ValueError(f"unknown trainer '{trainer}'; known: numpy_gd, manual_autograd")
+    with torch.no_grad():
+        linear.weight.fill_(w)
+        linear.bias.fill_(b)
+    return history
+
+
+def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
+    """Beyond close outputs: the same test MSE from ONNX as from torch, to float32 rounding."""
+    torch_mse = float(np.mean((expected - targets) ** 2))
+    onnx_mse = float(np.mean((actual - targets) ** 2))
+    limit = 1e-5 * max(1.0, torch_mse)
+    checks = {"mse_equal": {"measured": abs(onnx_mse - torch_mse), "limit": limit,
+                            "passed": abs(onnx_mse - torch_mse) <= limit}}
+    return checks, {"torch_mse": torch_mse, "onnx_mse": onnx_mse}
+
+
+@torch.no_grad()
+def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
+           name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
+    """Train and test MSE; for a line also w, b and the closed-form least-squares w, b of the training rows."""
+    x_train, y_train = read_set(data).part("train")
+    train_pred = model(torch.from_numpy(x_train).float().unsqueeze(1)).squeeze(1).double().numpy()
+    metrics: dict[str, Any] = {"train_mse": float(np.mean((train_pred - y_train) ** 2)), "test_mse": loss}
+    lines = {name: (lambda xs: model(torch.from_numpy(xs).float().unsqueeze(1)).squeeze(1).numpy())}
+    linear = single_linear(model)
+    if linear is not None:
+        w_ls, b_ls = linreg.least_squares(x_train, y_train)
+        metrics.update(w=linear.weight.item(), b=linear.bias.item(), closed_form_w=w_ls, closed_form_b=b_ls)
+        lines["least squares"] = lambda xs: w_ls * xs + b_ls
+    x_test, y_test = test.inputs.squeeze(1).numpy(), test.targets.squeeze(1).numpy()
+    predicted = outputs.squeeze(1).numpy()
+    figures = [
+        plots.training_curves(history, name, out_dir / "curves.png"),
+        plots.fit_over_points({"train": (x_train, y_train), "test": (x_test, y_test)}, lines,
+                              f"{name}: fit (test MSE {loss:.4g})", out_dir / "predictions.png"),
+        plots.predicted_vs_actual(y_test, predicted, f"{name}: test predicted vs actual", out_dir / "confusion.png"),
+    ]
+    _write_predictions(out_dir / "predictions.csv", y_test, predicted)
+    return metrics, figures
+
+
+def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((repr(float(a)), repr(float(p))) for a, p in zip(actual, predicted, strict=True))
