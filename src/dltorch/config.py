@@ -189,6 +189,8 @@ class StudyConfig(Strict):
             train = TrainConfig.model_validate({**self.train.model_dump(), **override.train})
         except ValidationError as exc:
             raise ValueError("; ".join(f"variants.{name}.train.{_describe(e)}" for e in exc.errors())) from None
+        if train.loss not in TASK_LOSSES["regression"]:
+            raise ValueError(f"variants.{name}.train.loss: a study fits a regression; use 'mse'")
         return arch, args, train
 
 

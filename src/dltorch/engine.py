@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 EpochCallback = Callable[[dict[str, Any]], None]
+StepCallback = Callable[[float, float], None]  # (batch loss, learning rate of the step)
 
 
 def select_device(name: str) -> torch.device:
@@ -102,6 +103,7 @@ def train_one_epoch(
     device: torch.device,
     cfg: TrainConfig,
     desc: str,
+    on_step: StepCallback | None = None,
 ) -> dict[str, float]:
     model.train()
     totals: dict[str, float] = {"loss": 0.0}
@@ -118,6 +120,8 @@ def train_one_epoch(
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if on_step is not None:  # studies watch single steps: their loss and the schedule's learning rate
+                on_step(loss.item(), optimizer.param_groups[0]["lr"])
             scheduler.step()
             _accumulate(totals, loss.item() * len(targets), score_fn(outputs.detach(), targets))
             bar.update(len(targets))
@@ -247,10 +251,14 @@ def fit(
     return progress.history
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Shuffling and augmentation are a function of (seed, epoch): resume needs no generator state."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 def _run_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg: TrainConfig, epoch: int,
                device: torch.device) -> dict[str, Any]:
-    # A per-epoch generator makes shuffling and augmentation a function of (seed, epoch): resume needs no state.
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    generator = epoch_generator(cfg.seed, epoch)
     started = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
     scores = train_one_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator,

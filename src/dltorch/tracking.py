@@ -72,6 +72,26 @@ def model_run(experiment: str, run_name: str, stage: str, run_id: str | None = N
         yield run
 
 
+@contextmanager
+def study_run(experiment: str, study: str) -> Iterator[Any]:
+    """A study's parent run; its variants run inside as nested child runs (variant_run)."""
+    import mlflow
+
+    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=study) as run:
+        mlflow.set_tags({"git_commit": _git_commit(), "dvc_stage": study, "study": study})
+        yield run
+
+
+@contextmanager
+def variant_run(study: str, variant: str) -> Iterator[Any]:
+    """One variant of the running study, as a child run tagged with the study and variant names."""
+    import mlflow
+
+    with mlflow.start_run(run_name=variant, nested=True) as run:
+        mlflow.set_tags({"study": study, "variant": variant})
+        yield run
+
+
 def log_params(params: dict[str, Any]) -> None:
     import mlflow
 
