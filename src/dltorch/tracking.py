@@ -87,7 +87,8 @@ def variant_run(study: str, variant: str) -> Iterator[Any]:
     """One variant of the running study, as a child run tagged with the study and variant names."""
     import mlflow
 
-    with mlflow.start_run(run_name=variant, nested=True) as run:
+    parent = mlflow.active_run()  # the child must name the parent's experiment, or it lands in the default one
+    with mlflow.start_run(run_name=variant, nested=True, experiment_id=parent.info.experiment_id) as run:
         mlflow.set_tags({"study": study, "variant": variant})
         yield run
 
