@@ -71,6 +71,16 @@ def tiny_params_dict(**train_overrides) -> dict:
 
 
 @pytest.fixture
+def synthetic_root(tmp_path: Path) -> Path:
+    """data/ as after the synth stage with the course's default sets: <root>/synthetic/<set>.csv."""
+    from dltorch.config import SynthConfig
+    from dltorch.data.synthetic import write_sets
+
+    write_sets(SynthConfig(), tmp_path / "data" / "synthetic")
+    return tmp_path / "data"
+
+
+@pytest.fixture
 def tiny_params() -> Params:
     return parse_params(tiny_params_dict())
 

@@ -52,17 +52,20 @@ def test_softmax_regression_is_one_linear_layer():
 def _shrunk(name: str) -> dict:
     """The repo's params entry for `name`, shrunk to one short epoch on tiny data."""
     entry = REPO_PARAMS.model(name).model_dump(mode="json")
-    entry["train"].update(epochs=1, val_size=40, warmup_epochs=0, early_stopping_patience=None)
+    val_size = 40 if entry["task"] == "classification" else 0
+    entry["train"].update(epochs=1, val_size=val_size, warmup_epochs=0, early_stopping_patience=None)
     return {"fetch": {"source_dir": None, "download": False}, "mlflow": {"experiment": "tests"},
             "models": {name: entry}}
 
 
 @pytest.mark.parametrize("name", sorted(REPO_PARAMS.models))
-def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Path, raw_root: Path, mlflow_store):
+def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Path, raw_root: Path, synthetic_root,
+                                                            mlflow_store):
     params = parse_params(_shrunk(name))
+    data = raw_root if params.model(name).data == "raw" else synthetic_root / params.model(name).data
     model_dir = tmp_path / name
-    history = train(params, name, raw_root, model_dir)
+    history = train(params, name, data, model_dir)
     assert len(history) == 1 and history[0]["train_loss"] == history[0]["train_loss"]  # not NaN
-    report = export(raw_root, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json",
+    report = export(data, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json",
                     opset=params.model(name).export.opset, atol=params.model(name).export.atol, batch_size=16)
     assert report["passed"], report["checks"]
