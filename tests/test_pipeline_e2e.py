@@ -13,8 +13,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dltorch.config import load_params
+from dltorch.config import STUDIES, load_params
 from tests.conftest import REPO
+from tests.test_studies import shrunk_study
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -37,8 +38,15 @@ def _shrink_params(repo: Path) -> None:
     raw["fetch"]["download"] = False
     raw["models"]["mlp"]["args"] = {"hidden": [32]}
     raw["models"]["mlp"]["train"].update(epochs=2, batch_size=500, val_size=1000)
+    raw["models"]["linreg_module"]["train"]["epochs"] = 300  # enough to recover the line; 1000 is the course's
+    for study in STUDIES:
+        raw[study] = shrunk_study(study)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     load_params(repo / "params.yaml")  # the shrunken profile is still valid
+
+
+def raw_study_variants(repo: Path, study: str) -> list[str]:
+    return list(yaml.safe_load((repo / "params.yaml").read_text())[study]["variants"])
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -60,13 +68,23 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     _dvc(repo, "repro")
 
     metrics = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
-    eval_metrics = next(iter(metrics.values()))["data"]["models/mlp/eval/metrics.json"]["data"]
+    shown = next(iter(metrics.values()))["data"]
+    eval_metrics = shown["models/mlp/eval/metrics.json"]["data"]
+    numpy_line = shown["models/linreg_numpy/eval/metrics.json"]["data"]
+    assert abs(numpy_line["w"] - numpy_line["closed_form_w"]) < 0.1 and numpy_line["test_mse"] < 1.5
+    module_line = shown["models/linreg_module/eval/metrics.json"]["data"]
+    assert abs(module_line["w"] - 2) < 0.05 and abs(module_line["b"] - 1) < 0.05
+    for study in STUDIES:
+        assert set(shown[f"studies/{study}/metrics.json"]["data"]["variants"]) == set(raw_study_variants(repo, study))
     assert eval_metrics["test_accuracy"] > 0.75  # 2 epochs of a 32-unit MLP on the real data
     parity = json.loads((repo / "models/mlp/parity.json").read_text())
     assert parity["passed"] and parity["samples"] == 10_000
     assert (repo / "models/mlp/model.onnx").stat().st_size > 0
     plots = _dvc(repo, "plots", "show", "--json").stdout
     assert "models/mlp/history.json" in plots and "models/mlp/eval/predictions.csv" in plots
+    assert all(f"studies/{study}/curves.csv" in plots for study in STUDIES)
+    synth_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synth"]
+    assert synth_lock["outs"][0]["nfiles"] == 5
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
     run_id = json.loads((repo / "models/mlp/run.json").read_text())["run_id"]
@@ -77,6 +95,12 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert (repo / "mlartifacts").is_dir()
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}
     assert "evaluate/confusion.png" in artifacts
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("dltorch").experiment_id
+    for study in STUDIES:
+        (parent,) = client.search_runs([experiment], f"tags.study = '{study}' and tags.dvc_stage = '{study}'")
+        children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert {c.data.tags["variant"] for c in children} == set(raw_study_variants(repo, study))
 
     again = _dvc(repo, "repro")
     assert "Data and pipelines are up to date" in again.stdout
