@@ -66,7 +66,8 @@ def tiny_params_dict(**train_overrides) -> dict:
     return {
         "fetch": {"dataset": "fashion_mnist", "source_dir": None, "download": False},
         "mlflow": {"experiment": "tests"},
-        "models": {"mlp": {"arch": "mlp", "data": "raw", "args": {"hidden": [16]}, "train": train}},
+        "models": {"mlp": {"arch": "mlp", "task": "classification", "data": "raw", "args": {"hidden": [16]},
+                           "train": train}},
     }
 
 

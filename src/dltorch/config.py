@@ -121,7 +121,8 @@ class ExportConfig(Strict):
 
 class ModelConfig(Strict):
     arch: str
-    task: Task = "classification"
+    # Required: dvc.yaml picks the evaluate stage's plot template by it (${item.task}).
+    task: Task
     # What the model reads, as a path under data/ (dvc.yaml passes data/<data> and depends on it):
     # `raw` is the fetched image set; synthetic sets live under `synthetic/`.
     data: str = Field(min_length=1)
