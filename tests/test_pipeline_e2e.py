@@ -37,6 +37,10 @@ def _shrink_params(repo: Path) -> None:
     raw["fetch"]["source_dir"] = str(FASHION_MNIST)
     raw["fetch"]["download"] = False
     raw["models"]["mlp"]["args"] = {"hidden": [32]}
+    for name, model in raw["models"].items():  # the other image models: one short epoch each, to stay fast
+        if model["task"] == "classification" and name != "mlp":
+            model["train"].update(epochs=1, batch_size=500, val_size=1000, warmup_epochs=0,
+                                  early_stopping_patience=None)
     raw["models"]["mlp"]["train"].update(epochs=2, batch_size=500, val_size=1000)
     raw["models"]["linreg_module"]["train"]["epochs"] = 300  # enough to recover the line; 1000 is the course's
     for study in STUDIES:
