@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dltorch.errors import ParamsError
-from dltorch.models import registry
+from dltorch.models import registry as arch_registry
 
 Optimizer = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
@@ -75,6 +75,25 @@ class ExportConfig(Strict):
     opset: int = Field(18, ge=18, le=23)
     atol: float = Field(1e-4, gt=0)
     batch_size: int = Field(1000, ge=1)
+    # INT8 by onnxruntime: `dynamic` (weights int8, activations quantized at run time) suits MatMul-heavy models
+    # (MLP, ViT); `static` QDQ, with a calibration set drawn from the training data, suits CNNs.
+    quantize: Literal["dynamic", "static"] = "dynamic"
+    calibration_size: int = Field(500, ge=1)
+    # 7-bit weights: onnxruntime's advice for x86 without VNNI. Off by default: measured on this machine, see README.
+    reduce_range: bool = False
+    # The int8 model is registered only if its score is at most this much below the fp32 model's
+    # (0.005 = 0.5 accuracy points).
+    int8_max_drop: float = Field(0.005, ge=0)
+
+
+class RegistryRule(Strict):
+    """How the MLflow Model Registry ranks versions of a task's models: `champion` moves on a strictly better metric."""
+
+    metric: str = Field(min_length=1)  # a key of evaluate's metrics.json
+    direction: Literal["max", "min"]
+
+
+DEFAULT_REGISTRY = {"classification": RegistryRule(metric="test_accuracy", direction="max")}
 
 
 class ModelConfig(Strict):
@@ -91,29 +110,41 @@ class ModelConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        registry.get(arch)  # raises with the list of known names
+        arch_registry.get(arch)  # raises with the list of known names
         return arch
 
     @model_validator(mode="after")
     def _valid_args(self) -> ModelConfig:
-        registry.validate_args(self.arch, self.args)
+        arch_registry.validate_args(self.arch, self.args)
         return self
 
 
 class Params(Strict):
     fetch: FetchConfig = FetchConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    registry: dict[Task, RegistryRule] = DEFAULT_REGISTRY
     models: dict[str, ModelConfig]
+
+    @model_validator(mode="after")
+    def _every_task_ranked(self) -> Params:
+        for name, model in self.models.items():
+            if model.task not in self.registry:
+                raise ValueError(f"models.{name}.task: no `registry.{model.task}` rule (metric, direction)")
+        return self
 
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:
             raise ParamsError(f"models.{name}: no such model; known: {', '.join(sorted(self.models))}")
         return self.models[name]
 
+    def registry_rule(self, name: str) -> RegistryRule:
+        return self.registry[self.model(name).task]
+
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    for schema in (FetchConfig, MlflowConfig, AugmentConfig, TrainConfig, ExportConfig, ModelConfig, Params):
+    for schema in (FetchConfig, MlflowConfig, AugmentConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig,
+                   Params):
         names.update(schema.model_fields)
     return names
 
