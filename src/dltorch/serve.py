@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20  # ~500 images of 28x28 as JSON text
+# An oversized body is read and dropped (never kept) up to this many times the limit, then the connection closes.
+DRAIN_FACTOR = 8
 # Only a body holding one of these can carry a value that is not a finite number; the rest skip the parse.
 _SUSPECT_TOKENS = (b"NaN", b"Infinity", b"null", b"true", b"false")
 
@@ -36,21 +38,27 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                await _reject(send, 400, f"Content-Length '{declared.decode(errors='replace')}' is not a number")
-                return
-            if int(declared) > self.max_body_bytes:
-                await _reject(send, 413, self._too_large(int(declared)))
-                return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            await _reject(send, 400, f"Content-Length '{declared.decode(errors='replace')}' is not a number")
+            return
+        if declared is not None and int(declared) > self.max_body_bytes:
+            # A client that asked `Expect: 100-continue` (curl does for big bodies) has sent nothing yet: answer
+            # now. Others are sending the body regardless; closing on them would reset the connection before they
+            # read the 413, so the rest is read and dropped, up to a bound.
+            if headers.get(b"expect", b"").lower() != b"100-continue":
+                await _discard(receive, DRAIN_FACTOR * self.max_body_bytes)
+            await _reject(send, 413, self._too_large(int(declared)))
+            return
         body = bytearray()
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:  # a chunked body without Content-Length: stop reading here
+            if len(body) > self.max_body_bytes:  # a chunked body, without Content-Length: stop keeping it here
+                await _discard(receive, DRAIN_FACTOR * self.max_body_bytes)
                 await _reject(send, 413, self._too_large(len(body), at_least=True))
                 return
             if not message.get("more_body", False):
@@ -91,6 +99,16 @@ def non_finite_values(body: bytes) -> str | None:
     if not found:
         return None
     return f"inputs must be finite numbers; found {', '.join(found)} value(s)"
+
+
+async def _discard(receive: Receive, budget: int) -> None:
+    """Read and drop the rest of the body, at most `budget` bytes: memory stays bounded, and so does the time."""
+    dropped = 0
+    while dropped <= budget:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        dropped += len(message.get("body", b""))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
