@@ -35,8 +35,11 @@ def _shrink_params(repo: Path) -> None:
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["fetch"]["source_dir"] = str(FASHION_MNIST)
     raw["fetch"]["download"] = False
-    raw["models"]["mlp"]["args"] = {"hidden": [32]}
-    raw["models"]["mlp"]["train"].update(epochs=2, batch_size=500, val_size=1000)
+    # One image model stands for all of them here; tests/test_models.py runs every params model on tiny data.
+    mlp = raw["models"]["mlp"]
+    mlp["args"] = {"hidden": [32]}
+    mlp["train"].update(epochs=2, batch_size=500, val_size=1000)
+    raw["models"] = {"mlp": mlp}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     load_params(repo / "params.yaml")  # the shrunken profile is still valid
 
