@@ -36,6 +36,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/distributed.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

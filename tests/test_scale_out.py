@@ -131,18 +131,19 @@ def test_dvc_remote_round_trip_is_byte_identical(mlp_repo: Path, tmp_path: Path)
 def test_experiments_run_and_queue_into_the_same_store(mlp_repo: Path):
     _dvc(mlp_repo, "exp", "run", "-n", "lr-3e-3", "-S", "models.mlp.train.lr=0.003")
     _dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-1e-2", "-S", "models.mlp.train.lr=0.01")
-    _dvc(mlp_repo, "queue", "start", "-j", "1")
+    _dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-5e-4", "-S", "models.mlp.train.lr=0.0005")
+    _dvc(mlp_repo, "queue", "start", "-j", "2")  # two at once: they must not collide on the store
     deadline = time.monotonic() + 300
     while "Running" in (status := _dvc(mlp_repo, "queue", "status").stdout) or "Queued" in status:
         assert time.monotonic() < deadline, status
         time.sleep(3)
     assert "Success" in status, status
     shown = json.loads(_dvc(mlp_repo, "exp", "show", "--json").stdout)
-    assert {"lr-3e-3", "lr-1e-2"} <= set(json.dumps(shown).replace('"', " ").split())
+    assert {"lr-3e-3", "lr-1e-2", "lr-5e-4"} <= set(json.dumps(shown).replace('"', " ").split())
     client = MlflowClient(tracking_uri=f"sqlite:///{mlp_repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dltorch")
     runs = client.search_runs([experiment.experiment_id])
     tagged = {run.data.tags.get("dvc_exp"): run for run in runs}
-    for name, lr in (("lr-3e-3", "0.003"), ("lr-1e-2", "0.01")):
+    for name, lr in (("lr-3e-3", "0.003"), ("lr-1e-2", "0.01"), ("lr-5e-4", "0.0005")):
         assert name in tagged, f"no MLflow run tagged dvc_exp={name}: {sorted(map(str, tagged))}"
         assert tagged[name].data.params["train.lr"] == lr and "test_accuracy" in tagged[name].data.metrics
