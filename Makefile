@@ -41,6 +41,7 @@ test-fast: setup
 # Training speed (run.py), then inference latency per model and the HTTP load on a served champion (MODEL=mlp).
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/distributed.py
 	$(PY) bench/latency.py
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serve_load.py --model $(or $(MODEL),mlp)
 

@@ -1,18 +1,14 @@
 """DVC stage `export@<model>`: ONNX export gated by onnxruntime parity, INT8, and the MLflow Model Registry."""
 
-import argparse
 from pathlib import Path
 
 from dltorch.config import load_params
-from dltorch.entry import run_stage
+from dltorch.entry import model_stage_parser, run_stage
 from dltorch.pipeline.export import export
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--model", required=True, help="a key of `models` in params.yaml")
-    parser.add_argument("--data", type=Path, required=True, help="root folder of the raw data")
+    parser = model_stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True, help="the trained model's folder")
     parser.add_argument("--onnx", type=Path, required=True, help="where the ONNX file goes")
     parser.add_argument("--report", type=Path, required=True, help="where the parity report goes")

@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from dltorch.bundle import build_model
-from dltorch.errors import ParityError
+from dltorch.errors import ExportError, ParityError
 from dltorch.export import assert_parity, check_parity, export_onnx, onnx_session, quantize_onnx, run_onnx
 from dltorch.tasks import classification
 
@@ -75,6 +75,19 @@ def test_parity_gate_fails_on_a_perturbed_model(tmp_path: Path, exported: Path, 
     assert report["checks"]["max_abs_diff"]["measured"] > 1e-3
     with pytest.raises(ParityError, match=r"max_abs_diff: measured .*, limit 0.0001"):
         assert_parity(report, broken)
+
+
+class _BatchAsInt(torch.nn.Module):
+    """A forward that turns the batch size into a Python int, as len(x) does."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.reshape(len(pixels), -1)[:, :10] * torch.ones(len(pixels), 1)
+
+
+def test_a_graph_with_a_fixed_batch_size_is_refused(tmp_path: Path):
+    with pytest.raises(ExportError, match="fixed batch size 4"):
+        export_onnx(_BatchAsInt(), (1, 28, 28), tmp_path / "model.onnx", 18, "pixels", "logits")
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def _op_types(path: Path) -> set[str]:

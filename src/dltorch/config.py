@@ -40,6 +40,11 @@ class AugmentConfig(Strict):
     hflip: bool = False
 
 
+class DistributedConfig(Strict):
+    # >1: the train stage launches itself under torchrun with this many processes (DDP; gloo on CPU).
+    nproc: int = Field(1, ge=1, le=64)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(100, ge=1)
@@ -56,6 +61,7 @@ class TrainConfig(Strict):
     # Stop when the validation score has not improved for this many epochs; the best epoch's weights are kept.
     early_stopping_patience: int | None = Field(None, ge=1)
     augment: AugmentConfig = AugmentConfig()
+    distributed: DistributedConfig = DistributedConfig()
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -66,6 +72,9 @@ class TrainConfig(Strict):
             raise ValueError("nesterov: needs optimizer 'sgd' with momentum > 0")
         if self.early_stopping_patience is not None and self.val_size == 0:
             raise ValueError("early_stopping_patience: needs a validation split (val_size > 0)")
+        if self.batch_size < self.distributed.nproc:
+            raise ValueError(f"batch_size: the global batch must give every one of {self.distributed.nproc} "
+                             "processes at least one sample")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs: must be less than epochs ({self.epochs})")
         return self
@@ -143,8 +152,9 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    for schema in (FetchConfig, MlflowConfig, AugmentConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig,
-                   Params):
+    schemas = (FetchConfig, MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, RegistryRule,
+               ModelConfig, Params)
+    for schema in schemas:
         names.update(schema.model_fields)
     return names
 

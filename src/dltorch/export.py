@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltorch.errors import ParityError
+from dltorch.errors import ExportError, ParityError
 from dltorch.io import atomic_path
 
 # What a task adds to the parity gate: (checks, summary) from torch outputs, ONNX outputs and targets.
@@ -40,6 +40,15 @@ def export_onnx(
         )
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
+        _require_dynamic_batch(onnx.load(str(tmp)), path)
+
+
+def _require_dynamic_batch(proto: Any, path: Path) -> None:
+    """The exporter may quietly fall back to a trace that bakes the example's batch size into the graph."""
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not batch_dim.dim_param:
+        raise ExportError(f"{path}: the exported graph has a fixed batch size {batch_dim.dim_value}: the model's "
+                          "forward turns the batch dimension into a Python int (e.g. len(x)); use x.shape[0]")
 
 
 def onnx_session(path: Path, threads: int | None = None) -> Any:

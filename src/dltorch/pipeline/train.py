@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from dltorch import engine, tracking
+from dltorch import distributed, engine, tracking
 from dltorch.bundle import ModelBundle, build_model, save_model
 from dltorch.config import Params
 from dltorch.io import write_json
@@ -40,17 +41,20 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
     checkpoint = out_dir / CHECKPOINT_FILE
     resume = engine.load_checkpoint(checkpoint, fingerprint)
     run_id = resume["extra"].get("run_id") if resume else None
-    with tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) as run:
-        if resume is None:
+    main = distributed.is_main()  # under torchrun, rank 0 alone tracks and writes
+    tracked = tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) if main \
+        else nullcontext()
+    with tracked as run:
+        if main and resume is None:
             tracking.log_params({"dataset": dataset, **config})
         history = engine.fit(
             model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores, train_data,
             val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
-            extra={"run_id": run.info.run_id},
-            on_epoch=tracking.log_epoch,
+            extra={"run_id": run.info.run_id} if main else None, on_epoch=tracking.log_epoch if main else None,
         )
-        bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
-        save_model(out_dir / MODEL_FILE, bundle, model.cpu())
-        write_json(out_dir / HISTORY_FILE, history)
-        write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
+        if main:
+            bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
+            save_model(out_dir / MODEL_FILE, bundle, model.cpu())
+            write_json(out_dir / HISTORY_FILE, history)
+            write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
     return history
