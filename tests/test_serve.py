@@ -24,6 +24,7 @@ import torch
 
 from dltorch.bundle import load_model
 from dltorch.config import parse_params
+from dltorch.data.images import load_split
 from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import export
 from dltorch.pipeline.train import train
@@ -184,8 +185,10 @@ def _torch_logits(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(inputs)).numpy()
 
 
-def _check_against_torch(base: str, model_dir: Path, count: int = 8) -> None:
-    inputs = np.random.default_rng(0).random((count, 1, 28, 28), dtype=np.float32)
+def _check_against_torch(base: str, registered: dict, count: int = 8) -> None:
+    """Test-set images as {"inputs": ...}: the same argmax as torch, logits within the parity tolerance."""
+    inputs = load_split(registered["root"] / "raw", "fashion_mnist", train=False).inputs[:count].numpy()
+    model_dir = registered["model_dir"]
     status, answer = _post(f"{base}/invocations", json.dumps({"inputs": inputs.tolist()}).encode())
     assert status == 200, answer
     served = np.asarray(answer["predictions"]["logits"], dtype=np.float32)
@@ -198,7 +201,7 @@ def _check_against_torch(base: str, model_dir: Path, count: int = 8) -> None:
 def test_mlflow_models_serve_answers_like_torch(registered: dict, start_server):
     base = start_server([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/mlp@champion",
                          "--env-manager", "local", "--host", HOST])
-    _check_against_torch(base, registered["model_dir"])
+    _check_against_torch(base, registered)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +244,7 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong_and_serving_goes_on(case
     got, answer = _post(f"{guarded}/invocations", body)
     assert (got, message in answer["message"]) == (status, True), answer["message"][-400:]
     assert time.perf_counter() - started < 30  # answered, not hung
-    _check_against_torch(guarded, registered["model_dir"], count=2)
+    _check_against_torch(guarded, registered, count=2)
 
 
 def test_make_serve_binds_loopback_by_default():
