@@ -21,9 +21,13 @@ HISTORY_FILE = "history.json"
 RUN_FILE = "run.json"
 
 
+TRAINING_KEYS = ("arch", "task", "data", "args", "train")  # not `export`: exporting differently needs no retraining
+
+
 def _fingerprint(config: dict, dataset: str, train_sum: float, train_len: int) -> str:
     """Identifies what a checkpoint was trained on: other params or data start training afresh."""
-    payload = json.dumps({"config": config, "dataset": dataset, "sum": round(train_sum, 3), "n": train_len},
+    trained_on = {key: config[key] for key in TRAINING_KEYS}
+    payload = json.dumps({"config": trained_on, "dataset": dataset, "sum": round(train_sum, 3), "n": train_len},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
