@@ -3,8 +3,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 FMNIST := /usr/share/datasets/fashion-mnist
+# `make serve` listens on loopback only. WARNING: HOST=0.0.0.0 (or any other address) exposes an unauthenticated
+# model server to the network; put it behind a proxy with authentication first.
+HOST   ?= 127.0.0.1
+PORT   ?= 5001
 
-.PHONY: setup data-package repro test test-fast bench lint clean
+.PHONY: setup data-package repro test test-fast bench serve lint clean
 .DEFAULT_GOAL := test
 
 setup: $(STAMP) data-package
@@ -34,8 +38,17 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# Training speed (run.py), then inference latency per model and the HTTP load on a served champion (MODEL=mlp).
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/distributed.py
+	$(PY) bench/latency.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serve_load.py --model $(or $(MODEL),mlp)
+
+# Serve models:/$(MODEL)@champion: MLflow's scoring server (onnxruntime) behind a body limit and a finite-values check.
+serve: setup
+	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<name> [HOST=127.0.0.1] [PORT=5001]"; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m dltorch.cli serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
 lint: setup
 	$(VENV)/bin/ruff check .

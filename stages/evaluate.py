@@ -1,18 +1,14 @@
 """DVC stage `evaluate@<model>`: test-set metrics, figures and plots data for one trained model."""
 
-import argparse
 from pathlib import Path
 
 from dltorch.config import load_params
-from dltorch.entry import run_stage
+from dltorch.entry import model_stage_parser, run_stage
 from dltorch.pipeline.evaluate import evaluate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--model", required=True, help="a key of `models` in params.yaml")
-    parser.add_argument("--data", type=Path, required=True, help="the data the model reads (data/<models.NAME.data>)")
+    parser = model_stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True, help="the trained model's folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics and figures")
     args = parser.parse_args()

@@ -1,25 +1,29 @@
-"""DVC stage `export@<model>`: ONNX export, gated by onnxruntime parity on the whole test set."""
+"""DVC stage `export@<model>`: ONNX export gated by onnxruntime parity, INT8, and the MLflow Model Registry."""
 
-import argparse
 from pathlib import Path
 
 from dltorch.config import load_params
-from dltorch.entry import run_stage
+from dltorch.entry import model_stage_parser, run_stage
 from dltorch.pipeline.export import export
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--model", required=True, help="a key of `models` in params.yaml")
-    parser.add_argument("--data", type=Path, required=True, help="the data the model reads (data/<models.NAME.data>)")
+    parser = model_stage_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, required=True, help="the trained model's folder")
     parser.add_argument("--onnx", type=Path, required=True, help="where the ONNX file goes")
     parser.add_argument("--report", type=Path, required=True, help="where the parity report goes")
+    parser.add_argument("--metrics", type=Path, required=True, help="evaluate's metrics.json (ranks the version)")
+    parser.add_argument("--int8", type=Path, required=True, help="where the int8 ONNX file goes")
+    parser.add_argument("--deploy", type=Path, required=True, help="where the int8 and registry report goes")
     args = parser.parse_args()
-    spec = load_params(args.params).model(args.model).export
-    report = export(args.data, args.model_dir, args.onnx, args.report, spec.opset, spec.atol, spec.batch_size)
-    print(f"{args.model}: parity passed on {report['samples']} samples -> {args.onnx}")
+    params = load_params(args.params)
+    spec, rule = params.model(args.model).export, params.registry_rule(args.model)
+    deploy = export(args.data, args.model_dir, args.onnx, args.report, spec.opset, spec.atol, spec.batch_size,
+                    eval_metrics=args.metrics, int8_path=args.int8, deploy_path=args.deploy, quantize=spec.quantize,
+                    calibration_size=spec.calibration_size, reduce_range=spec.reduce_range,
+                    int8_max_drop=spec.int8_max_drop, metric=rule.metric, direction=rule.direction)
+    for precision, record in deploy["registry"].items():
+        print(f"{args.model} {precision}: {record['decision']} ({record['reason']})")
 
 
 if __name__ == "__main__":

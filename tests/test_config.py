@@ -47,10 +47,25 @@ def test_repo_params_are_valid():
         (lambda p: p["models"]["mlp"].update(task="segmentation"), "params.yaml: models.mlp.task: "),
         (lambda p: p["models"]["mlp"]["export"].update(atol=0) if "export" in p["models"]["mlp"]
          else p["models"]["mlp"].update(export={"atol": 0}), "models.mlp.export.atol: "),
+        (lambda p: p["models"]["mlp"].update(export={"quantize": "int4"}), "models.mlp.export.quantize: "),
+        (lambda p: p["models"]["mlp"].update(export={"int8_max_drop": -0.1}), "models.mlp.export.int8_max_drop: "),
+        (lambda p: p.update(registry={"classification": {"metric": "test_accuracy", "direction": "up"}}),
+         "params.yaml: registry.classification.direction: "),
+        (lambda p: p.update(registry={"classification": {"direction": "max"}}),
+         "params.yaml: registry.classification.metric: "),
+        (lambda p: p.update(registry={}), "models.mlp.task: no `registry.classification` rule"),
     ],
 )
 def test_invalid_values_name_the_key(mutate, expected):
     assert expected in _error_for(mutate)
+
+
+def test_registry_rule_and_quantization_come_from_params():
+    params = load_params(REPO / "params.yaml")
+    rule = params.registry_rule("mlp")
+    assert (rule.metric, rule.direction) == ("test_accuracy", "max")
+    assert params.model("mlp").export.quantize == "dynamic" and params.model("lenet5").export.quantize == "static"
+    assert params.model("mlp").export.int8_max_drop == 0.005
 
 
 def test_unknown_key_suggests_the_nearest():

@@ -11,8 +11,8 @@ import torch
 from onnx import numpy_helper
 
 from dltorch.bundle import build_model
-from dltorch.errors import ParityError
-from dltorch.export import assert_parity, check_parity, export_onnx, onnx_session, run_onnx
+from dltorch.errors import ExportError, ParityError
+from dltorch.export import assert_parity, check_parity, export_onnx, onnx_session, quantize_onnx, run_onnx
 from dltorch.tasks import classification
 
 
@@ -75,3 +75,43 @@ def test_parity_gate_fails_on_a_perturbed_model(tmp_path: Path, exported: Path, 
     assert report["checks"]["max_abs_diff"]["measured"] > 1e-3
     with pytest.raises(ParityError, match=r"max_abs_diff: measured .*, limit 0.0001"):
         assert_parity(report, broken)
+
+
+class _BatchAsInt(torch.nn.Module):
+    """A forward that turns the batch size into a Python int, as len(x) does."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.reshape(len(pixels), -1)[:, :10] * torch.ones(len(pixels), 1)
+
+
+def test_a_graph_with_a_fixed_batch_size_is_refused(tmp_path: Path):
+    with pytest.raises(ExportError, match="fixed batch size 4"):
+        export_onnx(_BatchAsInt(), (1, 28, 28), tmp_path / "model.onnx", 18, "pixels", "logits")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def _op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_quantized_model_is_int8_and_agrees_with_fp32(tmp_path: Path, exported: Path, model_and_test, mode):
+    _, test = model_and_test
+    int8 = tmp_path / f"{mode}.onnx"
+    quantize_onnx(exported, int8, mode, calibration=test.inputs[:40].numpy())
+    ops = _op_types(int8)
+    # dynamic: int8 weights multiplied by activations quantized at run time; static: QDQ pairs around each op
+    expected = ({"DynamicQuantizeLinear", "MatMulInteger"} if mode == "dynamic"
+                else {"QuantizeLinear", "DequantizeLinear"})
+    assert expected <= ops
+    fp32_out = run_onnx(onnx_session(exported), test.inputs.numpy(), 16)
+    int8_out = run_onnx(onnx_session(int8), test.inputs.numpy(), 16)
+    assert int8_out.shape == fp32_out.shape and np.isfinite(int8_out).all()
+    assert (int8_out.argmax(1) == fp32_out.argmax(1)).mean() >= 0.9
+    assert 0 < np.abs(int8_out - fp32_out).max() < 0.5 * np.abs(fp32_out).max()  # quantized, not a copy
+
+
+def test_static_quantization_without_calibration_is_an_error(tmp_path: Path, exported: Path):
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx(exported, tmp_path / "int8.onnx", "static", calibration=None)
+    assert not (tmp_path / "int8.onnx").exists()

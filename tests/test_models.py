@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from dltorch.config import load_params, parse_params
 from dltorch.errors import ParamsError
 from dltorch.models import create, names, register_model
 from dltorch.models.registry import get
+from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import export
 from dltorch.pipeline.train import train
 from tests.conftest import REPO
@@ -66,6 +68,16 @@ def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Pat
     model_dir = tmp_path / name
     history = train(params, name, data, model_dir)
     assert len(history) == 1 and history[0]["train_loss"] == history[0]["train_loss"]  # not NaN
-    report = export(data, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json",
-                    opset=params.model(name).export.opset, atol=params.model(name).export.atol, batch_size=16)
+    evaluate(data, model_dir, model_dir / "eval")
+    spec, rule = params.model(name).export, params.registry_rule(name)
+    deploy = export(data, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json", opset=spec.opset,
+                    atol=spec.atol, batch_size=16, eval_metrics=model_dir / "eval" / "metrics.json",
+                    int8_path=tmp_path / "model.int8.onnx", deploy_path=tmp_path / "deploy.json",
+                    quantize=spec.quantize, calibration_size=64, reduce_range=spec.reduce_range,
+                    int8_max_drop=spec.int8_max_drop, metric=rule.metric, direction=rule.direction)
+    report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"], report["checks"]
+    # INT8 as params says (static QDQ for the CNNs, dynamic otherwise), and a registered champion
+    assert deploy["int8"]["mode"] == spec.quantize and (tmp_path / "model.int8.onnx").stat().st_size > 0
+    fp32 = deploy["registry"]["fp32"]
+    assert (fp32["registered_model"], fp32["version"], fp32["decision"]) == (name, 1, "promoted")

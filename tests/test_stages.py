@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import onnx
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from onnx import numpy_helper
 
 import dltorch.pipeline.export as export_stage
 from dltorch.bundle import load_model
@@ -27,6 +30,28 @@ def trained(tmp_path: Path, raw_root: Path, tiny_params, mlflow_store) -> Path:
     out = tmp_path / "models" / "mlp"
     train(tiny_params, "mlp", raw_root, out)
     return out
+
+
+def _export(raw_root: Path, model_dir: Path, out: Path, eval_dir: Path, **overrides) -> dict:
+    """The export stage as dvc.yaml runs it, with the repo's registry rule and export defaults."""
+    kwargs = {"eval_metrics": eval_dir / "metrics.json", "int8_path": out / "model.int8.onnx",
+              "deploy_path": out / "deploy.json", "quantize": "dynamic", "calibration_size": 100,
+              "reduce_range": False, "int8_max_drop": 0.005, "metric": "test_accuracy", "direction": "max"}
+    return export(raw_root, model_dir, out / "model.onnx", out / "parity.json", opset=18, atol=1e-4, batch_size=16,
+                  **{**kwargs, **overrides})
+
+
+@pytest.fixture
+def evaluated(tmp_path: Path, raw_root: Path, trained: Path) -> Path:
+    out = tmp_path / "eval"
+    evaluate(raw_root, trained, out)
+    return out
+
+
+def _set_metric(eval_dir: Path, value: float) -> None:
+    """Pretend evaluate measured `value`, so a test can order versions without training several models."""
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    (eval_dir / "metrics.json").write_text(json.dumps({**metrics, "test_accuracy": value}))
 
 
 def _run(model_dir: Path):
@@ -75,23 +100,24 @@ def test_evaluate_writes_metrics_figures_and_plots_data(tmp_path, raw_root, trai
     assert {"evaluate/confusion.png", "evaluate/curves.png", "evaluate/predictions.png"} <= artifacts
 
 
-def test_export_passes_parity_and_logs_an_onnx_model_with_signature(tmp_path, raw_root, trained):
-    onnx_path, report_path = tmp_path / "model.onnx", tmp_path / "parity.json"
-    report = export(raw_root, trained, onnx_path, report_path, opset=18, atol=1e-4, batch_size=16)
-    assert report["passed"] and json.loads(report_path.read_text())["passed"]
-    assert onnx_path.is_file()
+def test_export_passes_parity_and_logs_an_onnx_model_with_signature(tmp_path, raw_root, trained, evaluated):
+    out = tmp_path / "export"
+    _export(raw_root, trained, out, evaluated)
+    assert json.loads((out / "parity.json").read_text())["passed"]
+    assert (out / "model.onnx").is_file()
     run = _run(trained)
     assert run.data.metrics["parity_passed"] == 1.0
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    assert len(models) == 1 and models[0].source_run_id == run.info.run_id
-    info = mlflow.models.get_model_info(models[0].model_uri)
+    fp32 = [m for m in models if m.name == "model"]
+    assert len(fp32) == 1 and fp32[0].source_run_id == run.info.run_id
+    info = mlflow.models.get_model_info(fp32[0].model_uri)
     assert info.signature.inputs.inputs[0].shape == (-1, 1, 28, 28)
-    served = mlflow.pyfunc.load_model(models[0].model_uri)
+    served = mlflow.pyfunc.load_model(fp32[0].model_uri)
     assert served.predict(torch.rand(3, 1, 28, 28).numpy())["logits"].shape == (3, 10)
 
 
-def test_parity_breach_fails_the_stage_leaves_no_onnx_and_marks_the_run_failed(
-    tmp_path, raw_root, trained, monkeypatch
+def test_parity_breach_fails_the_stage_leaves_no_onnx_registers_nothing_and_marks_the_run_failed(
+    tmp_path, raw_root, trained, evaluated, monkeypatch
 ):
     def broken_exporter(model, *args):
         perturbed = copy.deepcopy(model)
@@ -100,14 +126,105 @@ def test_parity_breach_fails_the_stage_leaves_no_onnx_and_marks_the_run_failed(
         export_onnx(perturbed, *args)
 
     monkeypatch.setattr(export_stage, "export_onnx", broken_exporter)
-    onnx_path, report_path = tmp_path / "model.onnx", tmp_path / "parity.json"
+    out = tmp_path / "export"
     with pytest.raises(ParityError, match="max_abs_diff"):
-        export(raw_root, trained, onnx_path, report_path, opset=18, atol=1e-4, batch_size=16)
-    assert not onnx_path.exists() and not list(tmp_path.glob(".model.onnx*"))
-    assert json.loads(report_path.read_text())["passed"] is False
+        _export(raw_root, trained, out, evaluated)
+    assert not (out / "model.onnx").exists() and not list(out.glob(".model.onnx*"))
+    assert not (out / "model.int8.onnx").exists() and not (out / "deploy.json").exists()
+    assert json.loads((out / "parity.json").read_text())["passed"] is False
     assert _run(trained).info.status == "FAILED"
+    assert MlflowClient().search_registered_models() == []
+    assert mlflow.search_logged_models(experiment_ids=[_run(trained).info.experiment_id], output_format="list") == []
 
 
 def test_evaluate_without_a_trained_model_is_a_clear_error(tmp_path, raw_root):
     with pytest.raises(CheckpointError, match="no trained model; run the train stage first"):
         evaluate(raw_root, tmp_path / "nothing", tmp_path / "eval")
+
+
+def test_every_version_is_candidate_and_champion_moves_only_on_a_better_metric(
+    tmp_path, raw_root, trained, evaluated
+):
+    client = MlflowClient()
+
+    def export_with(accuracy: float, folder: str) -> dict:
+        _set_metric(evaluated, accuracy)
+        return _export(raw_root, trained, tmp_path / folder, evaluated)["registry"]["fp32"]
+
+    first = export_with(0.80, "v1")
+    assert (first["version"], first["decision"], first["champion"]) == (1, "promoted", None)
+    worse = export_with(0.79, "v2")
+    assert (worse["version"], worse["decision"], worse["candidate"], worse["champion"]) == (2, "kept", 0.79, 0.80)
+    tie = export_with(0.80, "v3")
+    assert tie["decision"] == "kept"  # a tie keeps the champion
+    better = export_with(0.85, "v4")
+    assert (better["decision"], better["champion"], better["champion_version"]) == ("promoted", 0.80, 1)
+
+    aliases = client.get_registered_model("mlp").aliases
+    assert {alias: int(version) for alias, version in aliases.items()} == {"candidate": 4, "champion": 4}
+    assert client.get_model_version("mlp", "2").tags == {"precision": "fp32", "test_accuracy": "0.79"}
+    run = _run(trained)  # the run records the last decision and both numbers
+    assert run.data.tags["registry.fp32.decision"] == "promoted"
+    assert run.data.metrics["registry.fp32.candidate"] == pytest.approx(0.85)
+    assert run.data.metrics["registry.fp32.champion"] == pytest.approx(0.80)
+    deploy = json.loads((tmp_path / "v2" / "deploy.json").read_text())
+    assert deploy["registry"]["fp32"]["reason"] == "test_accuracy 0.79 vs champion 0.8 (max): not better"
+    champion = mlflow.pyfunc.load_model("models:/mlp@champion")
+    assert champion.predict(torch.rand(2, 1, 28, 28).numpy())["logits"].shape == (2, 10)
+
+
+def test_int8_is_kept_and_registered_when_it_passes_the_gate(tmp_path, raw_root, trained, evaluated):
+    deploy = _export(raw_root, trained, tmp_path / "export", evaluated)
+    int8 = deploy["int8"]
+    assert int8["passed"] and int8["drop"] <= 0.005 and (tmp_path / "export" / "model.int8.onnx").is_file()
+    assert int8["int8"]["size_bytes"] < int8["fp32"]["size_bytes"]
+    for precision in ("fp32", "int8"):
+        assert set(int8[precision]["latency_ms"]) == {"batch_1", "batch_64"}
+        assert all(ms > 0 for ms in int8[precision]["latency_ms"].values())
+    record = deploy["registry"]["int8"]
+    assert (record["registered_model"], record["decision"]) == ("mlp-int8", "promoted")
+    version = MlflowClient().get_model_version_by_alias("mlp-int8", "champion")
+    assert version.tags["precision"] == "int8"
+    assert float(version.tags["test_accuracy"]) == pytest.approx(int8["int8"]["test_accuracy"])
+
+
+def test_int8_that_loses_accuracy_is_kept_but_not_registered_and_the_report_says_why(
+    tmp_path, raw_root, trained, evaluated, monkeypatch
+):
+    def zeroing_quantizer(src, dst, *args):  # stands in for a quantization that ruins the model
+        model = onnx.load(str(src))
+        for weight in model.graph.initializer:
+            array = numpy_helper.to_array(weight)
+            if array.dtype == np.float32 and array.ndim == 2:  # the Gemm weights; shapes and biases stay
+                weight.CopyFrom(numpy_helper.from_array(np.zeros_like(array), weight.name))
+        onnx.save(model, str(dst))
+
+    monkeypatch.setattr(export_stage, "quantize_onnx", zeroing_quantizer)
+    deploy = _export(raw_root, trained, tmp_path / "export", evaluated)
+    int8 = deploy["int8"]
+    assert not int8["passed"] and int8["drop"] > 0.005
+    assert int8["reason"].startswith("test_accuracy ") and "exceeds the limit 0.0050" in int8["reason"]
+    assert (tmp_path / "export" / "model.int8.onnx").is_file()
+    assert deploy["registry"]["int8"] == {"registered_model": "mlp-int8", "decision": "not registered",
+                                          "reason": int8["reason"]}
+    assert [m.name for m in MlflowClient().search_registered_models()] == ["mlp"]
+    assert _run(trained).data.metrics["int8.passed"] == 0.0
+
+
+def test_export_without_evaluate_metrics_is_a_clear_error(tmp_path, raw_root, trained):
+    with pytest.raises(CheckpointError, match="no test metrics; run the evaluate stage first"):
+        _export(raw_root, trained, tmp_path / "export", tmp_path / "no-eval")
+
+
+def test_static_quantization_calibrates_on_training_images(tmp_path, raw_root, mlflow_store):
+    params = parse_params({**tiny_params_dict(), "models": {"lenet5": {
+        "arch": "lenet5", "data": "raw", "args": {}, "train": tiny_params_dict()["models"]["mlp"]["train"]}}})
+    model_dir = tmp_path / "models" / "lenet5"
+    train(params, "lenet5", raw_root, model_dir)
+    evaluate(raw_root, model_dir, tmp_path / "eval")
+    deploy = _export(raw_root, model_dir, tmp_path / "export", tmp_path / "eval", quantize="static",
+                     calibration_size=64)
+    assert (deploy["int8"]["mode"], deploy["int8"]["calibration_size"]) == ("static", 64)
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "export" / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert deploy["registry"]["fp32"]["registered_model"] == "lenet5"

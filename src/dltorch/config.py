@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dltorch.errors import ParamsError
-from dltorch.models import registry
+from dltorch.models import registry as arch_registry
 
 Optimizer = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
@@ -81,6 +81,11 @@ class AugmentConfig(Strict):
     hflip: bool = False
 
 
+class DistributedConfig(Strict):
+    # >1: the train stage launches itself under torchrun with this many processes (DDP; gloo on CPU).
+    nproc: int = Field(1, ge=1, le=64)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(100, ge=1)
@@ -97,6 +102,7 @@ class TrainConfig(Strict):
     # Stop when the validation score has not improved for this many epochs; the best epoch's weights are kept.
     early_stopping_patience: int | None = Field(None, ge=1)
     augment: AugmentConfig = AugmentConfig()
+    distributed: DistributedConfig = DistributedConfig()
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -108,6 +114,9 @@ class TrainConfig(Strict):
             raise ValueError("nesterov: needs optimizer 'sgd' with momentum > 0")
         if self.early_stopping_patience is not None and self.val_size == 0:
             raise ValueError("early_stopping_patience: needs a validation split (val_size > 0)")
+        if self.batch_size < self.distributed.nproc:
+            raise ValueError(f"batch_size: the global batch must give every one of {self.distributed.nproc} "
+                             "processes at least one sample")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs: must be less than epochs ({self.epochs})")
         return self
@@ -117,6 +126,26 @@ class ExportConfig(Strict):
     opset: int = Field(18, ge=18, le=23)
     atol: float = Field(1e-4, gt=0)
     batch_size: int = Field(1000, ge=1)
+    # INT8 by onnxruntime: `dynamic` (weights int8, activations quantized at run time) suits MatMul-heavy models
+    # (MLP, ViT); `static` QDQ, with a calibration set drawn from the training data, suits CNNs.
+    quantize: Literal["dynamic", "static"] = "dynamic"
+    calibration_size: int = Field(500, ge=1)
+    # 7-bit weights: onnxruntime's advice for x86 without VNNI. Off by default: measured on this machine, see README.
+    reduce_range: bool = False
+    # The int8 model is registered only if its score is at most this much below the fp32 model's
+    # (0.005 = 0.5 accuracy points).
+    int8_max_drop: float = Field(0.005, ge=0)
+
+
+class RegistryRule(Strict):
+    """How the MLflow Model Registry ranks versions of a task's models: `champion` moves on a strictly better metric."""
+
+    metric: str = Field(min_length=1)  # a key of evaluate's metrics.json
+    direction: Literal["max", "min"]
+
+
+DEFAULT_REGISTRY = {"classification": RegistryRule(metric="test_accuracy", direction="max"),
+                    "regression": RegistryRule(metric="test_mse", direction="min")}
 
 
 class ModelConfig(Strict):
@@ -134,12 +163,12 @@ class ModelConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        registry.get(arch)  # raises with the list of known names
+        arch_registry.get(arch)  # raises with the list of known names
         return arch
 
     @model_validator(mode="after")
     def _valid_args(self) -> ModelConfig:
-        registry.validate_args(self.arch, self.args)
+        arch_registry.validate_args(self.arch, self.args)
         if self.train.loss not in TASK_LOSSES[self.task]:
             raise ValueError(f"train.loss: '{self.train.loss}' is not a {self.task} loss; "
                              f"known: {', '.join(TASK_LOSSES[self.task])}")
@@ -202,6 +231,7 @@ class Params(Strict):
     fetch: FetchConfig = FetchConfig()
     synth: SynthConfig = SynthConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    registry: dict[Task, RegistryRule] = DEFAULT_REGISTRY
     models: dict[str, ModelConfig]
     # The course's studies: each a DVC stage of the same name, optional so a profile may leave them out.
     gd_variants: StudyConfig | None = None
@@ -225,16 +255,27 @@ class Params(Strict):
                                  + ", ".join(f"{SYNTHETIC_DIR}/{s}.csv" for s in SynthConfig.model_fields))
         return self
 
+    @model_validator(mode="after")
+    def _every_task_ranked(self) -> Params:
+        for name, model in self.models.items():
+            if model.task not in self.registry:
+                raise ValueError(f"models.{name}.task: no `registry.{model.task}` rule (metric, direction)")
+        return self
+
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:
             raise ParamsError(f"models.{name}: no such model; known: {', '.join(sorted(self.models))}")
         return self.models[name]
 
+    def registry_rule(self, name: str) -> RegistryRule:
+        return self.registry[self.model(name).task]
+
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    for schema in (FetchConfig, SynthConfig, ShuffledSplitSetConfig, MlflowConfig, AugmentConfig, TrainConfig,
-                   ExportConfig, ModelConfig, VariantConfig, StudyConfig, Params):
+    schemas = (FetchConfig, SynthConfig, ShuffledSplitSetConfig, MlflowConfig, AugmentConfig, DistributedConfig,
+               TrainConfig, ExportConfig, RegistryRule, ModelConfig, VariantConfig, StudyConfig, Params)
+    for schema in schemas:
         names.update(schema.model_fields)
     return names
 

@@ -6,6 +6,7 @@ checkpoints that are plain dicts of state, written each epoch so an interrupted 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from dltorch import distributed
 from dltorch.augment import augment_batch
 from dltorch.config import TrainConfig
 from dltorch.data.images import TensorData
@@ -76,6 +79,21 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
+def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(data: TensorData, device: torch.device) -> TensorData:
+    """On CUDA the whole set moves once, through pinned memory; on CPU it stays where it is."""
+    if device.type != "cuda":
+        return data
+    return TensorData(data.inputs.pin_memory().to(device, non_blocking=True),
+                      data.targets.pin_memory().to(device, non_blocking=True))
+
+
 def memory_format(inputs: torch.Tensor) -> torch.memory_format:
     """Image batches train in channels-last: oneDNN's convolutions run markedly faster in it on CPU."""
     return torch.channels_last if inputs.ndim == 4 else torch.contiguous_format
@@ -83,7 +101,7 @@ def memory_format(inputs: torch.Tensor) -> torch.memory_format:
 
 def batches(data: TensorData, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TensorData]:
     """Slices of in-memory tensors; shuffled when a generator is given."""
-    order = torch.randperm(len(data), generator=generator) if generator is not None else None
+    order = torch.randperm(len(data), generator=generator).to(data.inputs.device) if generator is not None else None
     for start in range(0, len(data), batch_size):
         if order is None:
             yield TensorData(data.inputs[start : start + batch_size], data.targets[start : start + batch_size])
@@ -107,16 +125,21 @@ def train_one_epoch(
 ) -> dict[str, float]:
     model.train()
     totals: dict[str, float] = {"loss": 0.0}
+    quiet = None if distributed.is_main() else True  # a bar on rank 0's terminal; none in logs
     with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False,
-              disable=None) as bar:  # a bar on a terminal, not thousands of lines in logs
+              disable=quiet) as bar:
         for batch in batches(data, batch_size, generator):
-            inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+            inputs, targets = batch.inputs, batch.targets
             if cfg.augment.crop_padding or cfg.augment.hflip:
+                # augment the global batch, then shard: every rank draws the same random numbers
                 inputs = augment_batch(inputs, cfg.augment.crop_padding, cfg.augment.hflip, generator)
-            outputs = model(inputs.contiguous(memory_format=memory_format(inputs)))
-            loss = loss_fn(outputs, targets)
+            inputs, targets, weight = distributed.shard(inputs, targets)
+            inputs, targets = inputs.to(device, memory_format=memory_format(inputs)), targets.to(device)
+            with mixed_precision(device):
+                outputs = model(inputs)
+                loss = loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -124,9 +147,9 @@ def train_one_epoch(
                 on_step(loss.item(), optimizer.param_groups[0]["lr"])
             scheduler.step()
             _accumulate(totals, loss.item() * len(targets), score_fn(outputs.detach(), targets))
-            bar.update(len(targets))
+            bar.update(len(batch.targets))
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return {name: value / len(data) for name, value in totals.items()}
+    return {name: value / len(data) for name, value in distributed.sum_across_ranks(totals).items()}
 
 
 @torch.no_grad()
@@ -232,20 +255,24 @@ def fit(
     epoch, tagged with `fingerprint` and carrying `extra` (e.g. the tracking run id).
     """
     device = select_device(cfg.device)
+    distributed.init(device)
     model.to(device, memory_format=memory_format(train.inputs))
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))
     start, progress = _restore(resume, model, optimizer, scheduler) if resume else (1, Progress())
+    trained = DistributedDataParallel(model) if distributed.world_size() > 1 else model
+    train, val = to_device(train, device), (to_device(val, device) if val is not None else None)
     for epoch in range(start, cfg.epochs + 1):
         if progress.should_stop(epoch - 1, cfg.early_stopping_patience):
             break
-        record = _run_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg, epoch, device)
+        record = _run_epoch(trained, model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg, epoch, device)
         progress.history.append(record)
         progress.improve(record, *monitor, model)
-        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, progress, fingerprint, extra)
-        if on_epoch is not None:
-            on_epoch(record)
+        if distributed.is_main():
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, progress, fingerprint, extra)
+            if on_epoch is not None:
+                on_epoch(record)
     if progress.best_state is not None:
         model.load_state_dict(progress.best_state)
     return progress.history
@@ -256,12 +283,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def _run_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg: TrainConfig, epoch: int,
+def _run_epoch(trained, model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg: TrainConfig, epoch: int,
                device: torch.device) -> dict[str, Any]:
+    """One epoch: `trained` (the model, or its DDP wrapper) learns; `model` itself is validated."""
     generator = epoch_generator(cfg.seed, epoch)
     started = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
-    scores = train_one_epoch(model, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator,
+    scores = train_one_epoch(trained, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator,
                              device, cfg, desc=f"epoch {epoch}/{cfg.epochs}")
     seconds = time.perf_counter() - started
     record: dict[str, Any] = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from dltorch.errors import DltorchError
 
@@ -20,3 +22,12 @@ def run_stage(main: Callable[[], object]) -> None:
     except DltorchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def model_stage_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every per-model stage takes (dvc.yaml spells them out); stages add their outputs."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--model", required=True, help="a key of `models` in params.yaml")
+    parser.add_argument("--data", type=Path, required=True, help="the data the model reads (data/<its data:>)")
+    return parser

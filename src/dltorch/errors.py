@@ -13,6 +13,10 @@ class DataError(DltorchError):
     """A data file is missing, corrupt or unavailable."""
 
 
+class ExportError(DltorchError):
+    """The model cannot be exported as a valid ONNX graph with the required dynamic axes."""
+
+
 class ParityError(DltorchError):
     """The exported model does not match torch within tolerance."""
 

@@ -1,8 +1,11 @@
-"""ONNX export (dynamo exporter, pinned opset, dynamic batch) and the onnxruntime parity gate."""
+"""ONNX export (dynamo exporter, pinned opset, dynamic batch), the onnxruntime parity gate, INT8 quantization."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltorch.errors import ParityError
+from dltorch.errors import ExportError, ParityError
 from dltorch.io import atomic_path
 
 # What a task adds to the parity gate: (checks, summary) from torch outputs, ONNX outputs and targets.
@@ -37,13 +40,26 @@ def export_onnx(
         )
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
+        _require_dynamic_batch(onnx.load(str(tmp)), path)
 
 
-def onnx_session(path: Path) -> Any:
+def _require_dynamic_batch(proto: Any, path: Path) -> None:
+    """The exporter may quietly fall back to a trace that bakes the example's batch size into the graph."""
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not batch_dim.dim_param:
+        raise ExportError(f"{path}: the exported graph has a fixed batch size {batch_dim.dim_value}: the model's "
+                          "forward turns the batch dimension into a Python int (e.g. len(x)); use x.shape[0]")
+
+
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """A CPU session; `threads` fixes intra-op threads (for timings), None lets onnxruntime choose."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -89,3 +105,62 @@ def assert_parity(report: dict[str, Any], onnx_path: Path) -> None:
     if failed:
         raise ParityError(f"{onnx_path}: ONNX does not match torch on {report['samples']} samples:\n  "
                           + "\n  ".join(failed))
+
+
+def quantize_onnx(src: Path, dst: Path, mode: str, calibration: np.ndarray | None = None,
+                  reduce_range: bool = False) -> None:
+    """INT8 by onnxruntime: `dynamic` (int8 weights, activations scaled at run time) or `static` QDQ, whose
+    activation ranges come from `calibration` inputs. The file appears at `dst` only if onnxruntime loads it."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
+
+    with tempfile.TemporaryDirectory() as work, atomic_path(dst) as tmp:
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared))  # shape inference and graph fusions, as onnxruntime advises
+        if mode == "dynamic":
+            quantize_dynamic(prepared, tmp, weight_type=QuantType.QInt8, reduce_range=reduce_range)
+        elif mode == "static":
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("static quantization needs calibration inputs")
+            quantize_static(prepared, tmp, _CalibrationReader(onnx_session(src), calibration),
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, reduce_range=reduce_range)
+        else:
+            raise ValueError(f"unknown quantization mode '{mode}'; known: dynamic, static")
+        onnx_session(tmp)  # fails here, not at serving time, if onnxruntime cannot run the result
+
+
+class _CalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol: feeds one batch at a time, then None."""
+
+    BATCH = 50
+
+    def __init__(self, session: Any, inputs: np.ndarray) -> None:
+        self.name = session.get_inputs()[0].name
+        self.inputs = inputs
+        self.batches: Iterator[np.ndarray] = iter(())
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.name: batch}
+
+    def rewind(self) -> None:
+        self.batches = iter([self.inputs[i : i + self.BATCH] for i in range(0, len(self.inputs), self.BATCH)])
+
+
+def median_ms(call: Callable[[], object], runs: int, warmup: int) -> float:
+    """The median wall time of `runs` calls after `warmup` untimed ones, in milliseconds."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def onnx_latency_ms(session: Any, inputs: np.ndarray, batch: int, runs: int, warmup: int) -> float:
+    """Median onnxruntime latency of one call on the first `batch` inputs."""
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(inputs[:batch])}
+    return median_ms(lambda: session.run(None, feed), runs, warmup)

@@ -1,4 +1,4 @@
-"""Everything MLflow: where the store is, one run per model across stages, tags, and artifacts."""
+"""Everything MLflow: where the store is, one run per model across stages, tags, artifacts, and the registry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+CANDIDATE, CHAMPION = "candidate", "champion"
 
 
 def project_root() -> Path:
@@ -158,16 +159,69 @@ def log_artifacts(paths: list[Path], folder: str) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
 
 
-def log_onnx_model(onnx_path: Path, example: Any, output: Any) -> None:
-    """The ONNX model with a signature (dynamic batch) and an input example, servable by `mlflow models serve`."""
+def set_tags(tags: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({name: str(value) for name, value in tags.items()})
+
+
+def log_onnx_model(onnx_path: Path, example: Any, output: Any, name: str = "model") -> str:
+    """The ONNX model with a signature (dynamic batch) and an input example, servable by `mlflow models serve`.
+
+    The signature is what makes the server answer 400 to a wrong shape or an unconvertible dtype.
+    Returns the logged model's URI (models:/<model_id>).
+    """
     import mlflow.onnx
     import onnx
     from mlflow.models import infer_signature
 
-    mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)), name="model", signature=infer_signature(example, output), input_example=example,
-        save_as_external_data=False,
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)), name=name, signature=infer_signature(example, output), input_example=example,
+        save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
     )
+    return info.model_uri
+
+
+def beats(candidate: float, champion: float, direction: str) -> bool:
+    """Strictly better: a tie keeps the current champion."""
+    if direction == "max":
+        return candidate > champion
+    if direction == "min":
+        return candidate < champion
+    raise ValueError(f"unknown direction '{direction}'; known: max, min")
+
+
+def register_and_promote(model_uri: str, name: str, metric: str, value: float, direction: str,
+                         tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Register a new version of `name` with alias `candidate`; move `champion` to it only if its metric beats
+    the champion's (read from the champion version's tag of the same name). Returns the decision and numbers."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags={**(tags or {}), metric: repr(float(value))}).version
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    aliases = client.get_registered_model(name).aliases
+    record: dict[str, Any] = {"registered_model": name, "version": int(version), "metric": metric,
+                              "direction": direction, "candidate": float(value)}
+    if CHAMPION not in aliases:
+        record.update(champion_version=None, champion=None, decision="promoted", reason="no champion yet")
+    else:
+        old = client.get_model_version(name, aliases[CHAMPION])
+        record["champion_version"] = int(old.version)
+        if metric not in old.tags:
+            record.update(champion=None, decision="promoted",
+                          reason=f"champion v{old.version} has no '{metric}' tag to compare")
+        else:
+            record["champion"] = float(old.tags[metric])
+            better = beats(record["candidate"], record["champion"], direction)
+            record.update(decision="promoted" if better else "kept",
+                          reason=f"{metric} {record['candidate']:.6g} vs champion {record['champion']:.6g} "
+                                 f"({direction}): {'better' if better else 'not better'}")
+    if record["decision"] == "promoted":
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return record
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

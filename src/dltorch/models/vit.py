@@ -52,7 +52,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.patchify(images).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1) + self.position
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.position
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from dltorch import engine, tracking
+from dltorch import distributed, engine, tracking
 from dltorch.bundle import ModelBundle, build_model, save_model
 from dltorch.config import Params
 from dltorch.io import save_torch, write_json
@@ -20,9 +21,13 @@ HISTORY_FILE = "history.json"
 RUN_FILE = "run.json"
 
 
+TRAINING_KEYS = ("arch", "task", "data", "args", "train")  # not `export`: exporting differently needs no retraining
+
+
 def _fingerprint(config: dict, dataset: str, train_sum: float, train_len: int) -> str:
     """Identifies what a checkpoint was trained on: other params or data start training afresh."""
-    payload = json.dumps({"config": config, "dataset": dataset, "sum": round(train_sum, 3), "n": train_len},
+    trained_on = {key: config[key] for key in TRAINING_KEYS}
+    payload = json.dumps({"config": trained_on, "dataset": dataset, "sum": round(train_sum, 3), "n": train_len},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -40,23 +45,27 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
     checkpoint = out_dir / CHECKPOINT_FILE
     resume = engine.load_checkpoint(checkpoint, fingerprint)
     run_id = resume["extra"].get("run_id") if resume else None
-    with tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) as run:
-        if resume is None:
+    main = distributed.is_main()  # under torchrun, rank 0 alone tracks and writes
+    tracked = tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) if main \
+        else nullcontext()
+    with tracked as run:
+        if main and resume is None:
             tracking.log_params({"dataset": dataset, **config})
         if cfg.train.trainer == "engine":
-            with tracking.epoch_logger() as log_epoch:
+            with tracking.epoch_logger() if main else nullcontext(None) as log_epoch:
                 history = engine.fit(
                     model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores,
                     train_data, val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
-                    extra={"run_id": run.info.run_id}, on_epoch=log_epoch,
+                    extra={"run_id": run.info.run_id} if main else None, on_epoch=log_epoch,
                 )
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
             history = task.train_by_hand(cfg.train.trainer, model, raw_root, cfg.train)
             tracking.log_history(history)
             save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
                                     "fingerprint": fingerprint, "extra": {"run_id": run.info.run_id}})
-        bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
-        save_model(out_dir / MODEL_FILE, bundle, model.cpu())
-        write_json(out_dir / HISTORY_FILE, history)
-        write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
+        if main:
+            bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
+            save_model(out_dir / MODEL_FILE, bundle, model.cpu())
+            write_json(out_dir / HISTORY_FILE, history)
+            write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
     return history

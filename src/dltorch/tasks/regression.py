@@ -96,6 +96,11 @@ def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray)
 
 
 @torch.no_grad()
+def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Test metrics of onnxruntime outputs, keyed as in evaluate's metrics.json (the int8 gate compares these)."""
+    return {"test_mse": float(np.mean((outputs.reshape(targets.shape) - targets) ** 2))}
+
+
 def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
            name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
     """Train and test MSE; for a line also w, b and the closed-form least-squares w, b of the training rows."""

@@ -1,0 +1,113 @@
+"""Inference latency per model, run by `make bench` (never by the tests). Needs `dvc repro` (the export stage) first.
+
+For each model of params.yaml: torch eager (the trained model.pt) vs onnxruntime fp32 (model.onnx) vs onnxruntime
+int8 (model.int8.onnx), at batch 1 and batch 64 of real test images; the median of --runs timed calls after
+--warmup untimed ones, all in this one process, with intra-op threads fixed (--threads, default 1) for torch and
+onnxruntime alike. Prints a markdown table and logs it, and every number, to MLflow (run `bench-latency`).
+Goal reported against: onnxruntime batch-1 latency <= 0.5x torch eager, for the MLPs and the CNNs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dltorch import tracking
+from dltorch.bundle import load_model
+from dltorch.config import load_params
+from dltorch.export import median_ms, onnx_latency_ms, onnx_session
+from dltorch.tasks import get_task
+
+BATCHES = (1, 64)
+GOAL_RATIO = 0.5
+# The goal is set for MLP-like and convolutional architectures (transformers are reported, not judged).
+GOAL_ARCHS = {"mlp", "lenet5", "resnet"}
+
+
+def bench_model(name: str, model_dir: Path, inputs: np.ndarray, runs: int, warmup: int, threads: int) -> list[dict]:
+    _, model = load_model(model_dir / "model.pt")
+    sessions = {precision: onnx_session(model_dir / file, threads=threads)
+                for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
+    rows = []
+    for batch in BATCHES:
+        tensor = torch.from_numpy(np.ascontiguousarray(inputs[:batch]))
+        with torch.inference_mode():
+            eager = median_ms(lambda tensor=tensor: model(tensor), runs, warmup)
+        fp32 = onnx_latency_ms(sessions["fp32"], inputs, batch, runs, warmup)
+        int8 = onnx_latency_ms(sessions["int8"], inputs, batch, runs, warmup)
+        rows.append({"model": name, "batch": batch, "torch_ms": eager, "ort_fp32_ms": fp32, "ort_int8_ms": int8,
+                     "fp32_ratio": fp32 / eager, "int8_ratio": int8 / eager})
+    return rows
+
+
+def table(rows: list[dict], archs: dict[str, str]) -> str:
+    lines = ["| model | batch | torch eager ms | ORT fp32 ms | ORT int8 ms | fp32 / torch | int8 / torch "
+             f"| goal: ORT <= {GOAL_RATIO}x torch at batch 1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        goal = "n/a"
+        if row["batch"] == 1 and archs[row["model"]] in GOAL_ARCHS:
+            goal = ", ".join(f"{precision} {'met' if row[f'{precision}_ratio'] <= GOAL_RATIO else 'missed'}"
+                             for precision in ("fp32", "int8"))
+        lines.append(f"| {row['model']} | {row['batch']} | {row['torch_ms']:.4f} | {row['ort_fp32_ms']:.4f} "
+                     f"| {row['ort_int8_ms']:.4f} | {row['fp32_ratio']:.2f}x | {row['int8_ratio']:.2f}x | {goal} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, default=Path("data/raw"))
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--models", nargs="*", help="default: every model of params.yaml that has been exported")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+    if args.runs < 50:
+        raise SystemExit("--runs: at least 50 timed runs")
+    params = load_params(args.params)
+    torch.set_num_threads(args.threads)
+    names = args.models or list(params.models)
+    rows = []
+    for name in names:
+        cfg, model_dir = params.model(name), args.models_dir / name
+        missing = [f for f in ("model.pt", "model.onnx", "model.int8.onnx") if not (model_dir / f).is_file()]
+        if missing:
+            print(f"skip {name}: no {', '.join(missing)} in {model_dir}; run `dvc repro export@{name}`")
+            continue
+        test = get_task(cfg.task).load_test(args.data, params.fetch.dataset)
+        inputs = test.inputs[: max(BATCHES)].numpy()
+        rows += bench_model(name, model_dir, inputs, args.runs, args.warmup, args.threads)
+    if not rows:
+        raise SystemExit("no exported model to time; run `dvc repro` first")
+    header = (f"torch {torch.__version__}, onnxruntime {_ort_version()}, "
+              f"{args.threads} intra-op thread(s), median of {args.runs} runs after {args.warmup} warm-up, "
+              f"{platform.processor() or platform.machine()}")
+    report = f"{header}\n\n{table(rows, {n: params.model(n).arch for n in names})}"
+    print(report)
+    _log(params.mlflow.experiment, rows, report, args)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _log(experiment: str, rows: list[dict], report: str, args: argparse.Namespace) -> None:
+    import mlflow
+
+    with tracking.model_run(experiment, "bench-latency", "bench/latency.py"):
+        mlflow.log_params({"threads": args.threads, "runs": args.runs, "warmup": args.warmup})
+        mlflow.log_metrics({f"{row['model']}.b{row['batch']}.{key}": row[key] for row in rows
+                            for key in ("torch_ms", "ort_fp32_ms", "ort_int8_ms")})
+        mlflow.log_text(report, "latency.md")
+
+
+if __name__ == "__main__":
+    main()

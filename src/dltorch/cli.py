@@ -1,0 +1,95 @@
+"""The `dltorch` command: `predict` runs an exported ONNX model on image files; `serve` serves a registered model.
+
+Exit codes: 0 all good, 1 some image could not be read (the others are still predicted), 2 a usage or setup error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dltorch.errors import DltorchError
+
+EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except DltorchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dltorch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    predict = commands.add_parser("predict", help="classify image files with a model's exported ONNX file")
+    predict.add_argument("--model", required=True, help="a key of `models` in params.yaml")
+    predict.add_argument("--params", type=Path, default=Path("params.yaml"))
+    predict.add_argument("--onnx", type=Path, help="the ONNX file (default: models/<model>/model.onnx)")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to print per image")
+    predict.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                         help="Fashion-MNIST has light objects on a dark background: `auto` inverts images whose "
+                              "border is light (a photo on a white background), `yes`/`no` force it")
+    predict.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG files, any size")
+    predict.set_defaults(run=_predict)
+
+    serve = commands.add_parser("serve", help="serve models:/<model>@<alias> over HTTP (MLflow's scoring "
+                                              "server behind a body-size limit and a finite-values check)")
+    serve.add_argument("--model", required=True, help="the registered model's name")
+    serve.add_argument("--alias", default="champion")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="default loopback only; another address exposes an unauthenticated server")
+    serve.add_argument("--port", type=int, default=5001)
+    serve.add_argument("--max-body-mb", type=float, default=10.0, help="larger request bodies get a 413")
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from dltorch.config import load_params
+    from dltorch.data.images import CLASSES
+    from dltorch.predict import Predictor
+
+    params = load_params(args.params)
+    params.model(args.model)  # a clear error for an unknown name
+    if args.top_k < 1:
+        raise DltorchError(f"--top-k: must be at least 1, got {args.top_k}")
+    onnx_path = args.onnx or Path("models") / args.model / "model.onnx"
+    predictor = Predictor(onnx_path, CLASSES[params.fetch.dataset], args.invert)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            results.append({"file": str(path), "top": predictor.top_k(path, args.top_k)})
+        except DltorchError as exc:
+            failed += 1
+            results.append({"file": str(path), "error": str(exc)})
+            print(f"error: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"model": args.model, "onnx": str(onnx_path), "predictions": results}, indent=2))
+    else:
+        for result in results:
+            if "top" in result:
+                ranked = ", ".join(f"{row['class']} {row['probability']:.3f}" for row in result["top"])
+                print(f"{result['file']}: {ranked}")
+    return EXIT_PARTIAL if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from dltorch import serve, tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    serve.serve(f"models:/{args.model}@{args.alias}", args.host, args.port, int(args.max_body_mb * 2**20))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

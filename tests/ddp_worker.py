@@ -1,0 +1,29 @@
+"""Trains the tiny MLP with the engine; run by tests/test_distributed.py, under torchrun or alone."""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from dltorch import distributed, engine
+from dltorch.bundle import build_model
+from dltorch.config import TrainConfig
+from dltorch.tasks import classification
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--raw", type=Path, required=True)
+parser.add_argument("--epochs", type=int, required=True)
+parser.add_argument("--checkpoint", type=Path, required=True)
+parser.add_argument("--resume", action="store_true")
+parser.add_argument("--out", type=Path, required=True)
+args = parser.parse_args()
+
+cfg = TrainConfig(epochs=args.epochs, batch_size=40, optimizer="sgd", lr=0.05, momentum=0.9, val_size=0)
+train, _ = classification.load_train_val(args.raw, "fashion_mnist", 0, 0)
+torch.manual_seed(0)
+model = build_model("mlp", {"hidden": [16]}, "classification", classification.model_inputs(train, "fashion_mnist"))
+resume = engine.load_checkpoint(args.checkpoint, "fp") if args.resume else None
+engine.fit(model, classification.make_loss("cross_entropy"), classification.batch_scores, train, None, cfg,
+           args.checkpoint, "fp", resume=resume)
+if distributed.is_main():
+    torch.save(model.state_dict(), args.out)

@@ -1,0 +1,75 @@
+"""DDP is a mode of the same loop: 2 gloo processes on CPU match 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO, tiny_params_dict
+
+WORKER = REPO / "tests" / "ddp_worker.py"
+
+
+def _worker(raw: Path, epochs: int, checkpoint: Path, out: Path, nproc: int, resume: bool = False) -> dict:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command = [*(launcher if nproc > 1 else [sys.executable]), str(WORKER), "--raw", str(raw), "--epochs",
+               str(epochs), "--checkpoint", str(checkpoint), "--out", str(out), *(["--resume"] if resume else [])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+def _assert_close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, raw_root: Path):
+    single = _worker(raw_root, 2, tmp_path / "c1.pt", tmp_path / "w1.pt", nproc=1)
+    double = _worker(raw_root, 2, tmp_path / "c2.pt", tmp_path / "w2.pt", nproc=2)
+    _assert_close(single, double, atol=1e-5)
+    one, two = (torch.load(tmp_path / name, weights_only=True) for name in ("c1.pt", "c2.pt"))
+    assert one.keys() == two.keys() and one["epoch"] == two["epoch"] == 2
+    losses_one, losses_two = ([row["train_loss"] for row in c["history"]] for c in (one, two))
+    assert losses_one[1] < losses_one[0]  # it trained, so the match is not two untouched models
+    assert losses_two == pytest.approx(losses_one, abs=1e-5)  # metrics are summed across ranks
+
+
+@pytest.mark.slow
+def test_a_resumed_distributed_run_continues_from_its_checkpoint(tmp_path: Path, raw_root: Path):
+    uninterrupted = _worker(raw_root, 3, tmp_path / "full.pt", tmp_path / "full_w.pt", nproc=2)
+    checkpoint = tmp_path / "ckpt.pt"
+    _worker(raw_root, 1, checkpoint, tmp_path / "first_w.pt", nproc=2)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    resumed = _worker(raw_root, 3, checkpoint, tmp_path / "resumed_w.pt", nproc=2, resume=True)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3
+    _assert_close(uninterrupted, resumed, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_train_stage_launches_torchrun_and_only_rank_zero_writes(tmp_path: Path, raw_root: Path, mlflow_store):
+    outputs = {}
+    for nproc in (1, 2):
+        raw = tiny_params_dict(epochs=2, batch_size=40, optimizer="sgd", lr=0.05, momentum=0.9)
+        raw["models"]["mlp"]["train"]["distributed"] = {"nproc": nproc}
+        params = tmp_path / f"params{nproc}.yaml"
+        params.write_text(yaml.safe_dump(raw))
+        out = tmp_path / f"mlp{nproc}"
+        result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params),
+                                 "--model", "mlp", "--data", str(raw_root), "--out", str(out)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "history.json", "model.pt", "run.json"]
+        outputs[nproc] = out
+    one, two = (torch.load(outputs[n] / "model.pt", weights_only=True)["state_dict"] for n in (1, 2))
+    _assert_close(one, two, atol=1e-5)
+    history = json.loads((outputs[2] / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]

@@ -1,0 +1,253 @@
+"""Serving: the request guard on its own, then the real servers as subprocesses on loopback.
+
+`mlflow models serve` (as the issue runs it) answers like torch; `dltorch serve` (what `make serve` runs: the same
+MLflow app behind the guard) answers every bad request with a 4xx that says what is wrong, and keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dltorch.bundle import load_model
+from dltorch.config import parse_params
+from dltorch.data.images import load_split
+from dltorch.pipeline.evaluate import evaluate
+from dltorch.pipeline.export import export
+from dltorch.pipeline.train import train
+from dltorch.serve import RequestGuard, non_finite_values
+from tests.conftest import REPO, tiny_idx_files, tiny_params_dict
+
+HOST = "127.0.0.1"  # loopback only, in every test
+ATOL = 1e-4  # the parity tolerance of params.yaml
+MAX_BODY = 10 * 2**20
+
+
+# ---- the guard alone, with a stand-in app -------------------------------------------------------------------
+
+def _call(guard: RequestGuard, body_chunks: list[bytes], headers: dict[str, str], method: str = "POST"):
+    """Run one request through the guard; returns (status, response body, what the app received or None)."""
+    seen: dict = {}
+
+    async def app(scope, receive, send):
+        message = await receive()
+        seen["body"] = message["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard.app = app
+    messages = [{"type": "http.request", "body": chunk, "more_body": i < len(body_chunks) - 1}
+                for i, chunk in enumerate(body_chunks)]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/invocations",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"], sent[1]["body"], seen.get("body")
+
+
+def test_guard_passes_a_good_body_through_whole():
+    body = json.dumps({"inputs": [[0.5, 1.0]]}).encode()
+    status, _, seen = _call(RequestGuard(None, 100), [body[:10], body[10:]], {"content-length": str(len(body))})
+    assert (status, seen) == (200, body)
+
+
+def test_guard_rejects_a_declared_oversized_body_without_calling_the_app():
+    status, answer, seen = _call(RequestGuard(None, 100), [b"x" * 50, b"x" * 51], {"content-length": "101"})
+    assert status == 413 and seen is None
+    assert json.loads(answer)["message"] == "request body is 101 bytes; the limit is 100 bytes: send fewer inputs " \
+                                            "per request"
+
+
+def test_guard_stops_a_chunked_body_at_the_limit():
+    status, answer, seen = _call(RequestGuard(None, 100), [b"x" * 60] * 5, {"transfer-encoding": "chunked"})
+    assert status == 413 and seen is None and b"more than 120 bytes" in answer
+
+
+def test_guard_rejects_a_non_numeric_content_length():
+    status, answer, _ = _call(RequestGuard(None, 100), [b"{}"], {"content-length": "lots"})
+    assert status == 400 and b"Content-Length 'lots' is not a number" in answer
+
+
+@pytest.mark.parametrize(("body", "found"), [
+    (b'{"inputs": [[NaN, 0.5]]}', "1 NaN or Infinity"),
+    (b'{"inputs": [[Infinity, -Infinity]]}', "2 NaN or Infinity"),
+    (b'{"inputs": [[null, 0.5, null]]}', "2 null"),
+    (b'{"inputs": [[true, 0.5]]}', "1 boolean"),
+])
+def test_non_finite_values_are_named(body, found):
+    assert non_finite_values(body) == f"inputs must be finite numbers; found {found} value(s)"
+    status, answer, seen = _call(RequestGuard(None, 1000), [body], {"content-length": str(len(body))})
+    assert status == 400 and seen is None and found.encode() in answer
+
+
+@pytest.mark.parametrize("body", [b'{"inputs": [[0.5, 1e-3]]}', b'{"inputs": "NaN"}', b'{"inputs": [[Na'])
+def test_finite_strings_and_malformed_json_are_left_to_mlflow(body):
+    assert non_finite_values(body) is None
+
+
+# ---- the real servers ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A tiny MLP trained, evaluated and exported, so `models:/mlp@champion` exists in a private store."""
+    root = tmp_path_factory.mktemp("serving")
+    raw = root / "raw" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, data in tiny_idx_files().items():
+        (raw / name).write_bytes(data)
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store)
+        model_dir = root / "models" / "mlp"
+        train(parse_params(tiny_params_dict()), "mlp", root / "raw", model_dir)
+        evaluate(root / "raw", model_dir, model_dir / "eval")
+        deploy = export(root / "raw", model_dir, model_dir / "model.onnx", model_dir / "parity.json", 18, ATOL, 16,
+                        eval_metrics=model_dir / "eval" / "metrics.json", int8_path=model_dir / "model.int8.onnx",
+                        deploy_path=model_dir / "deploy.json", quantize="dynamic", calibration_size=100,
+                        reduce_range=False, int8_max_drop=0.005, metric="test_accuracy", direction="max")
+    assert deploy["registry"]["fp32"]["decision"] == "promoted"
+    yield {"store": store, "model_dir": model_dir, "root": root}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def start_server(registered: dict) -> Iterator:
+    started: list[subprocess.Popen] = []
+
+    def start(command: list[str]) -> str:
+        port = _free_port()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": registered["store"],
+               "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # uvicorn, for mlflow
+        log = open(registered["root"] / f"server-{port}.log", "w")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=registered["root"])
+        started.append(process)
+        base = f"http://{HOST}:{port}"
+        for _ in range(240):  # bounded: at most ~2 minutes on a loaded machine
+            if process.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        return base
+            except OSError:
+                time.sleep(0.5)
+        log.flush()
+        raise AssertionError(f"{' '.join(command)} did not answer /ping:\n{log.name}")
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _torch_logits(model_dir: Path, inputs: np.ndarray) -> np.ndarray:
+    _, model = load_model(model_dir / "model.pt")
+    with torch.no_grad():
+        return model(torch.from_numpy(inputs)).numpy()
+
+
+def _check_against_torch(base: str, registered: dict, count: int = 8) -> None:
+    """Test-set images as {"inputs": ...}: the same argmax as torch, logits within the parity tolerance."""
+    inputs = load_split(registered["root"] / "raw", "fashion_mnist", train=False).inputs[:count].numpy()
+    model_dir = registered["model_dir"]
+    status, answer = _post(f"{base}/invocations", json.dumps({"inputs": inputs.tolist()}).encode())
+    assert status == 200, answer
+    served = np.asarray(answer["predictions"]["logits"], dtype=np.float32)
+    expected = _torch_logits(model_dir, inputs)
+    assert served.shape == expected.shape
+    assert (served.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(served - expected).max() <= ATOL
+
+
+def test_mlflow_models_serve_answers_like_torch(registered: dict, start_server):
+    base = start_server([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/mlp@champion",
+                         "--env-manager", "local", "--host", HOST])
+    _check_against_torch(base, registered)
+
+
+@pytest.fixture(scope="module")
+def guarded(start_server) -> str:
+    """What `make serve` runs: `dltorch serve` on the champion, default limits."""
+    return start_server([sys.executable, "-m", "dltorch.cli", "serve", "--model", "mlp", "--host", HOST])
+
+
+def _image_json(array: np.ndarray) -> bytes:
+    return json.dumps({"inputs": array.tolist()}).encode()
+
+
+def _fifty_megabytes() -> bytes:
+    one = json.dumps(np.full((1, 28, 28), 0.123456789).tolist())
+    count = 50 * 2**20 // (len(one) + 2) + 1
+    return ('{"inputs": [' + ", ".join([one] * count) + "]}").encode()
+
+
+BAD_REQUESTS = {
+    "malformed JSON": (b'{"inputs": [[0.1, 0.2', 400, "valid JSON"),
+    "empty body": (b"", 400, "valid JSON"),
+    "wrong shape": (_image_json(np.zeros((2, 784))), 400, "does not match expected shape (-1, 1, 28, 28)"),
+    "wrong image size": (_image_json(np.zeros((1, 1, 14, 14))), 400, "does not match expected shape"),
+    "ragged": (json.dumps({"inputs": [[[0.1] * 28] * 27 + [[0.1] * 3]]}).encode(), 400, "inhomogeneous"),
+    "wrong dtype (strings)": (json.dumps({"inputs": [[[["a"] * 28] * 28]]}).encode(), 400,
+                              "could not convert string to float"),
+    "wrong dtype (booleans)": (json.dumps({"inputs": [[[[True] * 28] * 28]]}).encode(), 400, "784 boolean"),
+    "NaN values": (_image_json(np.where(np.eye(28) > 0, np.nan, 0.5)[None, None]), 400, "28 NaN or Infinity"),
+    "null values": (json.dumps({"inputs": [[[[None] * 28] * 28]]}).encode(), 400, "784 null"),
+    "no inputs key": (b'{"pixels": [1]}', 400, "must be a JSON dictionary with exactly one of the input fields"),
+    "50 MB body": (None, 413, "the limit is 10485760 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong_and_serving_goes_on(case, guarded, registered):
+    body, status, message = BAD_REQUESTS[case]
+    body = _fifty_megabytes() if body is None else body
+    started = time.perf_counter()
+    got, answer = _post(f"{guarded}/invocations", body)
+    assert (got, message in answer["message"]) == (status, True), answer["message"][-400:]
+    assert time.perf_counter() - started < 30  # answered, not hung
+    _check_against_torch(guarded, registered, count=2)
+
+
+def test_make_serve_binds_loopback_by_default():
+    dry_run = subprocess.run(["make", "-n", "serve", "MODEL=mlp"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout
+    assert "dltorch.cli serve --model mlp --host 127.0.0.1 --port 5001" in dry_run
