@@ -197,7 +197,7 @@ class StudyConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        registry.get(arch)
+        arch_registry.get(arch)
         return arch
 
     @model_validator(mode="after")
@@ -212,7 +212,7 @@ class StudyConfig(Strict):
         arch = override.arch or self.arch
         args = self.args if override.args is None else override.args
         try:
-            registry.validate_args(arch, args)
+            arch_registry.validate_args(arch, args)
         except ValueError as exc:
             raise ValueError(f"variants.{name}: {arch}: {exc}") from None
         try:
