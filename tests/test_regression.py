@@ -51,9 +51,13 @@ def _train_evaluate_export(name: str, tmp_path: Path, synthetic_root: Path) -> t
     model_dir = tmp_path / name
     train(REPO_PARAMS, name, data, model_dir)
     metrics = evaluate(data, model_dir, model_dir / "eval")
-    report = export(data, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json", opset=18, atol=1e-5,
-                    batch_size=1000)
-    return metrics, report, data
+    spec, rule = REPO_PARAMS.model(name).export, REPO_PARAMS.registry_rule(name)
+    export(data, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json", opset=spec.opset, atol=spec.atol,
+           batch_size=1000, eval_metrics=model_dir / "eval" / "metrics.json", int8_path=tmp_path / "model.int8.onnx",
+           deploy_path=tmp_path / "deploy.json", quantize=spec.quantize, calibration_size=spec.calibration_size,
+           reduce_range=spec.reduce_range, int8_max_drop=spec.int8_max_drop, metric=rule.metric,
+           direction=rule.direction)
+    return metrics, json.loads((tmp_path / "parity.json").read_text()), data
 
 
 def test_linreg_numpy_reports_its_line_the_closed_form_and_both_mses(tmp_path, synthetic_root, mlflow_store):

@@ -101,6 +101,7 @@ def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     return {"test_mse": float(np.mean((outputs.reshape(targets.shape) - targets) ** 2))}
 
 
+@torch.no_grad()
 def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
            name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
     """Train and test MSE; for a line also w, b and the closed-form least-squares w, b of the training rows."""
