@@ -24,7 +24,7 @@ def _copy_repo(dest: Path) -> None:
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.split()
     for name in listed:
-        if (REPO / name).is_file():
+        if (REPO / name).is_file() and name != "dvc.lock":  # a fresh pipeline: no record of earlier runs
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
@@ -108,7 +108,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     deploy = json.loads((repo / "models/mlp/deploy.json").read_text())
     assert (repo / "models/mlp/model.int8.onnx").stat().st_size > 0
     assert deploy["int8"]["passed"] == (deploy["int8"]["drop"] <= 0.005)
-    int8_registered = [m.name for m in client.search_registered_models()] == ["mlp", "mlp-int8"]
+    int8_registered = "mlp-int8" in {m.name for m in client.search_registered_models()}
     assert int8_registered == deploy["int8"]["passed"], deploy["int8"]["reason"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}
     assert "evaluate/confusion.png" in artifacts

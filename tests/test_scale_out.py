@@ -26,6 +26,7 @@ from tests.test_pipeline_e2e import FASHION_MNIST, _copy_repo
 from tests.test_studies import shrunk_study
 
 BIN = Path(sys.executable).parent
+MLP_STAGES = ("fetch", "train@mlp", "evaluate@mlp", "export@mlp")
 
 
 def _free_port() -> int:
@@ -112,7 +113,7 @@ def mlp_repo(tmp_path_factory) -> Path:
         raw[study] = shrunk_study(study)
     raw["fetch"].update(source_dir=str(FASHION_MNIST), download=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    _dvc(repo, "repro", "fetch", "train@mlp", "evaluate@mlp", "export@mlp")
+    _dvc(repo, "repro", *MLP_STAGES)
     return repo
 
 
@@ -127,13 +128,13 @@ def test_dvc_remote_round_trip_is_byte_identical(mlp_repo: Path, tmp_path: Path)
     before = _digests(mlp_repo)
     assert "models/mlp/model.onnx" in before and "data/raw/FashionMNIST/raw/train-images-idx3-ubyte" in before
     _dvc(mlp_repo, "remote", "add", "--local", "-f", "-d", "scratch", str(tmp_path / "remote"))
-    _dvc(mlp_repo, "push")
+    _dvc(mlp_repo, "push", *MLP_STAGES)
     shutil.rmtree(mlp_repo / ".dvc" / "cache")
     shutil.rmtree(mlp_repo / "data" / "raw")
     shutil.rmtree(mlp_repo / "models" / "mlp")
-    _dvc(mlp_repo, "pull")
+    _dvc(mlp_repo, "pull", *MLP_STAGES)
     assert _digests(mlp_repo) == before
-    assert "up to date" in _dvc(mlp_repo, "status").stdout
+    assert "up to date" in _dvc(mlp_repo, "status", *MLP_STAGES).stdout
 
 
 @pytest.mark.slow
