@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -90,7 +91,9 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     synth_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synth"]
     assert synth_lock["outs"][0]["nfiles"] == 5
 
+    # set, not only in the environment: an earlier test in this process may have set MLflow's URI globally
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     run_id = json.loads((repo / "models/mlp/run.json").read_text())["run_id"]
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
