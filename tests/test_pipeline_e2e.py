@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import mlflow
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
