@@ -218,7 +218,8 @@ def test_export_without_evaluate_metrics_is_a_clear_error(tmp_path, raw_root, tr
 
 def test_static_quantization_calibrates_on_training_images(tmp_path, raw_root, mlflow_store):
     params = parse_params({**tiny_params_dict(), "models": {"lenet5": {
-        "arch": "lenet5", "task": "classification", "data": "raw", "args": {}, "train": tiny_params_dict()["models"]["mlp"]["train"]}}})
+        "arch": "lenet5", "task": "classification", "data": "raw", "args": {},
+        "train": tiny_params_dict()["models"]["mlp"]["train"]}}})
     model_dir = tmp_path / "models" / "lenet5"
     train(params, "lenet5", raw_root, model_dir)
     evaluate(raw_root, model_dir, tmp_path / "eval")
