@@ -39,6 +39,7 @@ def test_repo_params_are_valid():
         (lambda p: p["models"]["mlp"]["train"].update(optimizer="adamax"), "models.mlp.train.optimizer: "),
         (lambda p: p["models"]["mlp"]["train"].update(scheduler="linear"), "models.mlp.train.scheduler: "),
         (lambda p: p["models"]["mlp"]["train"].update(loss="hinge"), "models.mlp.train.loss: "),
+        (lambda p: p["models"]["mlp"]["train"].update(precision="fp16"), "models.mlp.train.precision: "),
         (lambda p: p["models"]["mlp"].update(arch="resnet999"), "unknown architecture 'resnet999'; known: "),
         (lambda p: p["models"]["mlp"]["args"].update(width=3), "models.mlp: args.width: unknown argument"),
         (lambda p: p["models"]["mlp"]["args"].update(hidden="wide"), "models.mlp: args.hidden"),

@@ -200,3 +200,18 @@ def test_warmup_ramps_linearly_then_hands_over_to_the_schedule():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(0.91)
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] < 0.01
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("auto", torch.float32), ("fp32", torch.float32),
+                                                      ("bf16", torch.bfloat16)])
+def test_precision_sets_the_dtype_of_the_forward_pass_on_cpu(raw_root, tmp_path, precision, expected):
+    dtypes: list[torch.dtype] = []
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.01, val_size=40, precision=precision, device="cpu")
+    model, train, val = _setup(raw_root, cfg)
+    first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first_linear.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype) if _m.training else None)
+    history = engine.fit(model, classification.make_loss(cfg.loss), classification.batch_scores, train, val, cfg,
+                         tmp_path / "p.pt", "fp")
+    assert set(dtypes) == {expected}
+    assert next(model.parameters()).dtype == torch.float32  # autocast keeps fp32 master weights
+    assert history[-1]["train_loss"] < history[0]["train_loss"]

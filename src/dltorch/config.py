@@ -106,6 +106,8 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPU (fast only with avx512_bf16 or AMX); fp32: never.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     trainer: Trainer = "engine"
 
     @model_validator(mode="after")

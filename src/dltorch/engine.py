@@ -79,10 +79,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
+def mixed_precision(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast (no loss scaling needed, unlike fp16): under "auto" on CUDA only, under "bf16" anywhere.
+
+    On CPU bf16 pays off only where the cores have bf16 instructions (avx512_bf16, AMX); elsewhere oneDNN
+    emulates it and it is slower than fp32, hence opt-in.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -135,7 +143,7 @@ def train_one_epoch(
                 inputs = augment_batch(inputs, cfg.augment.crop_padding, cfg.augment.hflip, generator)
             inputs, targets, weight = distributed.shard(inputs, targets)
             inputs, targets = inputs.to(device, memory_format=memory_format(inputs)), targets.to(device)
-            with mixed_precision(device):
+            with mixed_precision(device, cfg.precision):
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
