@@ -42,7 +42,8 @@ def train_flops_per_sample(model: torch.nn.Module, loss_fn, inputs: torch.Tensor
 
 
 def engine_epoch(cfg: ModelConfig, model: torch.nn.Module, task, train) -> float:
-    one_epoch = cfg.train.model_copy(update={"epochs": 1})
+    # the same steps at the recipe's peak rate: a warm-up as long as the one epoch would leave no schedule
+    one_epoch = cfg.train.model_copy(update={"epochs": 1, "warmup_epochs": 0.0})
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         engine.fit(model, task.make_loss(one_epoch.loss), task.batch_scores, train, None, one_epoch,

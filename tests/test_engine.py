@@ -100,6 +100,17 @@ def test_schedulers_by_name(scheduler, last_factor):
     assert opt.param_groups[0]["lr"] == pytest.approx(last_factor, abs=1e-6)
 
 
+def test_a_warmup_that_rounds_up_to_every_step_still_schedules():
+    # 1.6 warm-up epochs of one step each round to 2 = all the steps: the cosine has no step of its own left
+    cfg = TrainConfig(epochs=2, scheduler="cosine", warmup_epochs=1.6, lr=1.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = engine.make_scheduler(opt, cfg, steps_per_epoch=1)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert 0.0 <= opt.param_groups[0]["lr"] <= 1.0
+
+
 def test_onecycle_peaks_at_lr():
     cfg = TrainConfig(epochs=2, scheduler="onecycle", lr=0.5)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)

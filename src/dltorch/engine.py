@@ -67,7 +67,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     elif cfg.scheduler == "step":
         main = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, main_steps // 3), gamma=0.1)
     elif cfg.scheduler == "cosine":
-        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=main_steps)
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, main_steps))
     elif cfg.scheduler == "onecycle":
         # One-cycle has its own warm-up phase (pct_start); a separate warm-up would be redundant.
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
