@@ -115,7 +115,10 @@ def quantize_onnx(src: Path, dst: Path, mode: str, calibration: np.ndarray | Non
 
     with tempfile.TemporaryDirectory() as work, atomic_path(dst) as tmp:
         prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared))  # shape inference and graph fusions, as onnxruntime advises
+        try:  # shape inference and graph fusions, as onnxruntime advises
+            quant_pre_process(str(src), str(prepared))
+        except Exception:  # noqa: BLE001  symbolic inference gives up on derived sizes (a UNet's 16*h): let it merge
+            quant_pre_process(str(src), str(prepared), auto_merge=True)
         if mode == "dynamic":
             quantize_dynamic(prepared, tmp, weight_type=QuantType.QInt8, reduce_range=reduce_range)
         elif mode == "static":
