@@ -29,7 +29,7 @@ def test_same_params_give_byte_identical_files(tmp_path: Path):
     second = write_sets(COURSE, tmp_path / "b")
     assert first == second
     assert _sha256(tmp_path / "a") == _sha256(tmp_path / "b") == {f"{n}.csv": d for n, d in first.items()}
-    assert len(first) == 5
+    assert len(first) == 7  # the course's five CSV sets, sequences and shapes
 
 
 @pytest.mark.parametrize("name", ["line", "line_small_noise", "quadratic", "parabola", "dropout_points"])

@@ -33,8 +33,8 @@ def _one_layer(inp, hidden, params, has_biases, reverse=False):
 
     def body_fn(index, out, state):
         i = index.item()
-        torch._check_is_size(i)
-        torch._check_is_size(i, max=projected.size(0) - 1)
+        torch._check(i >= 0)
+        torch._check(i < projected.size(0))
         state = torch.tanh(projected[i] + torch.nn.functional.linear(state, hh_weight, hh_bias))
         out = out.clone()
         out[i] = state.squeeze(0)

@@ -139,7 +139,7 @@ def forecasts(history: np.ndarray, truth: np.ndarray, lines: dict[str, np.ndarra
     """A few windows: the steps the model read, then the true continuation against each forecast.
     history (N, window), truth (N, horizon), lines: label -> (N, horizon) forecasts."""
     rows = -(-len(history) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     window = history.shape[1]
