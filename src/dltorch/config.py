@@ -116,7 +116,7 @@ class SynthConfig(Strict):
     dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
     sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
                                                  val_count=20, test_count=20, moving_average=8)
-    shapes: ShapesConfig = ShapesConfig(seed=0, count=400, size=96, val_count=80)
+    shapes: ShapesConfig = ShapesConfig(seed=0, count=800, size=96, val_count=160)
 
     @staticmethod
     def path(name: str) -> str:
