@@ -163,7 +163,10 @@ def _unet_params(**train) -> dict:
 
 
 def test_unet_trains_an_epoch_exports_and_passes_parity_at_a_second_size(tmp_path: Path, synthetic_root: Path,
-                                                                          mlflow_store):
+                                                                          mlflow_store, monkeypatch):
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # nothing may land in the working folder (onnxruntime's shape-inference dumps)
     params = parse_params(_unet_params())
     data = synthetic_root / "synthetic" / "shapes"
     model_dir = tmp_path / "unet"
@@ -197,6 +200,7 @@ def test_unet_trains_an_epoch_exports_and_passes_parity_at_a_second_size(tmp_pat
     assert report["checks"]["mask_iou"]["measured"] >= 0.999
     assert report["checks"]["mask_iou_shape_3x64x48"]["passed"] and report["checks"]["max_abs_diff_shape_3x64x48"]
     assert deploy["int8"]["mode"] == "static" and "dice" in deploy["int8"]["int8"]
+    assert [p.name for p in workdir.iterdir()] == []
     dims = onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and dims[1].dim_value == 3 and dims[2].dim_param and dims[3].dim_param
     other = torch.rand(2, 3, 48, 80)  # a third size: still torch's numbers

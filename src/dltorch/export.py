@@ -148,10 +148,10 @@ def quantize_onnx(src: Path, dst: Path, mode: str, calibration: np.ndarray | Non
 
     with tempfile.TemporaryDirectory() as work, atomic_path(dst) as tmp:
         prepared = Path(work) / "prepared.onnx"
-        try:  # shape inference and graph fusions, as onnxruntime advises
-            quant_pre_process(str(src), str(prepared))
-        except Exception:  # noqa: BLE001  symbolic inference gives up on derived sizes (a UNet's 16*h): let it merge
-            quant_pre_process(str(src), str(prepared), auto_merge=True)
+        # Shape inference and graph fusions, as onnxruntime advises. auto_merge: symbolic inference would give up
+        # on derived sizes (a UNet's 16*h next to its skips' 8*h*2), leaving its debug dump in the working folder;
+        # merging only acts where dimensions conflict, so other graphs infer as before.
+        quant_pre_process(str(src), str(prepared), auto_merge=True)
         if mode == "dynamic":
             quantize_dynamic(prepared, tmp, weight_type=QuantType.QInt8, reduce_range=reduce_range)
         elif mode == "static":
