@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import onnx
 import pytest
 import torch
 from PIL import Image
 
-from dltorch.bundle import load_model
+from dltorch import engine
+from dltorch.bundle import build_model, load_model
 from dltorch.config import AugmentConfig, ShapesConfig, parse_params
 from dltorch.data import segmentation, shapes
 from dltorch.data.streamed import StreamedData
@@ -152,6 +154,39 @@ def test_segmentation_settings_are_errors_on_other_tasks():
         parse_params(raw)
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_a_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path: Path, synthetic_root: Path):
+    """The engine's checkpoint and resume hold for DataLoader batches with albumentations draws too."""
+    data = synthetic_root / "synthetic" / "shapes"
+    cfg = parse_params(_unet_params(epochs=2)).model("unet").train
+
+    def fit(checkpoint: Path, on_epoch=None, resume=None):
+        train_data, val = task.load_train_val(data, "shapes", cfg.val_size, cfg.seed, settings=cfg)
+        assert isinstance(train_data, StreamedData) and len(train_data) == 12 and len(val) == 4
+        torch.manual_seed(0)
+        model = build_model("unet", {"features": [4, 8]}, "segmentation", task.model_inputs(train_data, "shapes"))
+        history = engine.fit(model, task.make_loss(cfg.loss), task.batch_scores, train_data, val, cfg, checkpoint,
+                             "fp", monitor=task.MONITOR, resume=resume, on_epoch=on_epoch)
+        return model, history
+
+    uninterrupted, full_history = fit(tmp_path / "full.pt")
+
+    def stop_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(Interrupted):
+        fit(checkpoint, on_epoch=stop_after_first_epoch)
+    resumed, history = fit(checkpoint, resume=engine.load_checkpoint(checkpoint, "fp"))
+    assert [row["epoch"] for row in history] == [1, 2] and history[-1]["train_loss"] == full_history[-1]["train_loss"]
+    for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def _unet_params(**train) -> dict:
     raw = tiny_params_dict()
     settings = {"epochs": 1, "batch_size": 8, "lr": 0.003, "loss": "bce_dice", "val_size": 4, "seed": 0,
@@ -207,3 +242,6 @@ def test_unet_trains_an_epoch_exports_and_passes_parity_at_a_second_size(tmp_pat
     with torch.no_grad():
         np.testing.assert_allclose(run_onnx(onnx_session(onnx_path), other.numpy(), 2), model(other).numpy(),
                                    atol=1e-3)
+    # the registered model's signature leaves height and width open too, so a server takes any size the graph does
+    served = mlflow.pyfunc.load_model("models:/unet@champion")
+    assert served.predict(other.numpy())["logits"].shape == (2, 1, 48, 80)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import onnx
 import pytest
@@ -151,6 +152,9 @@ def test_lstm_trains_reports_baselines_exports_and_passes_parity_at_a_second_len
     with torch.no_grad():
         np.testing.assert_allclose(run_onnx(onnx_session(onnx_path), longer.numpy(), 3), model(longer).numpy(),
                                    atol=1e-4)
+    # the registered model's signature leaves the length open too, so a server takes any window
+    served = mlflow.pyfunc.load_model("models:/lstm@champion")
+    assert served.predict(longer.numpy())["forecast"].shape == (3, 4)
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
