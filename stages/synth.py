@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from dltorch.config import load_params
+from dltorch.config import SynthConfig, load_params
 from dltorch.data.synthetic import write_sets
 from dltorch.entry import run_stage
 
@@ -15,7 +15,7 @@ def main() -> None:
     args = parser.parse_args()
     digests = write_sets(load_params(args.params).synth, args.out)
     for name, digest in digests.items():
-        print(f"{args.out / name}.csv  sha256 {digest}")
+        print(f"{args.out / Path(SynthConfig.path(name)).name}  sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -71,13 +71,20 @@ def tiny_params_dict(**train_overrides) -> dict:
     }
 
 
+# Tiny versions of the sequences and shapes sets: tests train on them in seconds.
+TINY_SEQUENCES = {"seed": 0, "count": 12, "length": 40, "noise": 0.05, "window": 16, "horizon": 4, "val_count": 2,
+                  "test_count": 2, "moving_average": 4}
+TINY_SHAPES = {"seed": 0, "count": 24, "size": 32, "val_count": 8}
+
+
 @pytest.fixture
 def synthetic_root(tmp_path: Path) -> Path:
-    """data/ as after the synth stage with the course's default sets: <root>/synthetic/<set>.csv."""
+    """data/ as after the synth stage with the course's default sets (<root>/synthetic/<set>.csv), and tiny
+    sequences and shapes sets (<root>/synthetic/sequences/, <root>/synthetic/shapes/)."""
     from dltorch.config import SynthConfig
     from dltorch.data.synthetic import write_sets
 
-    write_sets(SynthConfig(), tmp_path / "data" / "synthetic")
+    write_sets(SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES), tmp_path / "data" / "synthetic")
     return tmp_path / "data"
 
 

@@ -45,7 +45,9 @@ def test_repo_params_are_valid():
         (lambda p: p["models"]["mlp"]["args"].update(hidden="wide"), "models.mlp: args.hidden"),
         (lambda p: p["fetch"].update(dataset="cifar10"), "params.yaml: fetch.dataset: "),
         (lambda p: p["models"]["mlp"].pop("task"), "params.yaml: models.mlp.task: Field required"),
-        (lambda p: p["models"]["mlp"].update(task="segmentation"), "params.yaml: models.mlp.task: "),
+        (lambda p: p["models"]["mlp"].update(task="detection"), "params.yaml: models.mlp.task: "),
+        (lambda p: p["models"]["mlp"].update(task="segmentation"),
+         "params.yaml: models.mlp: train.loss: 'cross_entropy' is not a segmentation loss"),
         (lambda p: p["models"]["mlp"]["export"].update(atol=0) if "export" in p["models"]["mlp"]
          else p["models"]["mlp"].update(export={"atol": 0}), "models.mlp.export.atol: "),
         (lambda p: p["models"]["mlp"].update(export={"quantize": "int4"}), "models.mlp.export.quantize: "),

@@ -20,12 +20,19 @@ from tests.conftest import REPO
 REPO_PARAMS = load_params(REPO / "params.yaml")
 
 
+# What each architecture reads and writes: (in_shape, num_classes, output shape for a batch of 3). The UNet gets
+# 28x28, not a multiple of 16, so its up path has to resize to meet the skips.
+SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28))}
+IMAGE_CLASSIFIER = ((1, 28, 28), 10, (3, 10))
+
+
 @pytest.mark.parametrize("arch", names())
 def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
     torch.manual_seed(0)
-    model = create(arch, {}, in_shape=(1, 28, 28), num_classes=10)
-    out = model(torch.rand(3, 1, 28, 28))
-    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    in_shape, classes, out_shape = SHAPES.get(arch, IMAGE_CLASSIFIER)
+    model = create(arch, {}, in_shape=in_shape, num_classes=classes)
+    out = model(torch.rand(3, *in_shape))
+    assert out.shape == out_shape and torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -33,7 +40,7 @@ def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
 def test_registry_rejects_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="registered twice"):
         register_model(get("mlp"))
-    with pytest.raises(ValueError, match="known: lenet5, mlp, resnet, vit"):
+    with pytest.raises(ValueError, match="known: lenet5, lstm, mlp, resnet, unet, vit"):
         get("alexnet")
 
 
@@ -42,6 +49,10 @@ def test_invalid_architecture_arguments_are_params_errors():
         create("resnet", {"widths": [8, 16], "blocks": [1]}, in_shape=(1, 28, 28), num_classes=10)
     with pytest.raises(ParamsError, match="vit: patch 5 must divide 28x28"):
         create("vit", {"patch": 5}, in_shape=(1, 28, 28), num_classes=10)
+    with pytest.raises(ParamsError, match="lstm: cell must be one of lstm, gru, rnn, not 'transformer'"):
+        create("lstm", {"cell": "transformer"}, in_shape=(16, 1), num_classes=4)
+    with pytest.raises(ParamsError, match="unet: features must list 1 to 4 positive widths"):
+        create("unet", {"features": [8, 16, 32, 64, 128]}, in_shape=(3, 32, 32), num_classes=1)
 
 
 def test_softmax_regression_is_one_linear_layer():
@@ -54,8 +65,10 @@ def test_softmax_regression_is_one_linear_layer():
 def _shrunk(name: str) -> dict:
     """The repo's params entry for `name`, shrunk to one short epoch on tiny data."""
     entry = REPO_PARAMS.model(name).model_dump(mode="json")
-    val_size = 40 if entry["task"] == "classification" else 0
+    val_size = {"classification": 40, "sequence": 20, "segmentation": 4}.get(entry["task"], 0)
     entry["train"].update(epochs=1, val_size=val_size, warmup_epochs=0, early_stopping_patience=None)
+    if entry["task"] == "segmentation":  # the tiny shapes set's 32x32 images
+        entry["train"].update(image_size=[32, 32], batch_size=8)
     return {"fetch": {"source_dir": None, "download": False}, "mlflow": {"experiment": "tests"},
             "models": {name: entry}}
 

@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from dltorch.config import STUDIES, load_params
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_SEQUENCES, TINY_SHAPES
 from tests.test_studies import shrunk_study
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -40,7 +40,13 @@ def _shrink_params(repo: Path) -> None:
     # mlp stands for the image models (tests/test_models.py runs every params model on tiny data); the
     # regressions and studies run on shrunk params.
     raw["models"] = {name: model for name, model in raw["models"].items()
-                     if model["task"] != "classification" or name == "mlp"}
+                     if model["task"] == "regression" or name in ("mlp", "lstm", "unet")}
+    # lstm and unet stand for the sequence and segmentation models (test_models.py runs gru and rnn): one epoch on
+    # tiny sets
+    raw["synth"].update(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES)
+    raw["models"]["lstm"]["train"].update(epochs=1, val_size=20)
+    raw["models"]["unet"]["train"].update(epochs=1, val_size=4, image_size=[32, 32], batch_size=8)
+    raw["models"]["unet"]["export"]["calibration_size"] = 8
     raw["models"]["mlp"]["args"] = {"hidden": [32]}
     raw["models"]["mlp"]["train"].update(epochs=2, batch_size=500, val_size=1000)
     raw["models"]["linreg_module"]["train"]["epochs"] = 300  # enough to recover the line; 1000 is the course's
@@ -89,7 +95,10 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert "models/mlp/history.json" in plots and "models/mlp/eval/predictions.csv" in plots
     assert all(f"studies/{study}/curves.csv" in plots for study in STUDIES)
     synth_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synth"]
-    assert synth_lock["outs"][0]["nfiles"] == 5
+    assert synth_lock["outs"][0]["nfiles"] == 5 + 2 + 2 * TINY_SHAPES["count"]  # CSVs; series + spec; images, masks
+    for name, metric in (("lstm", "mse_ratio_last_value"), ("unet", "dice")):
+        assert metric in shown[f"models/{name}/eval/metrics.json"]["data"]
+        assert json.loads((repo / f"models/{name}/parity.json").read_text())["passed"]
 
     # set, not only in the environment: an earlier test in this process may have set MLflow's URI globally
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")

@@ -13,11 +13,13 @@ import torch
 import yaml
 
 from dltorch.config import SynthConfig, parse_params
-from dltorch.data.synthetic import generate, read_set, write_sets
+from dltorch.data.synthetic import GENERATORS, generate, read_set, write_sets
 from dltorch.errors import DataError, ParamsError
-from tests.conftest import REPO, tiny_params_dict
+from tests.conftest import REPO, TINY_SEQUENCES, TINY_SHAPES, tiny_params_dict
 
-COURSE = SynthConfig()  # the defaults are the course's recipes
+# The defaults are the course's recipes; the sequences and shapes sets shrink to keep the tests fast (their own
+# tests are in test_sequence.py and test_segmentation.py).
+COURSE = SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES)
 
 
 def _sha256(folder: Path) -> dict[str, str]:
@@ -28,8 +30,9 @@ def test_same_params_give_byte_identical_files(tmp_path: Path):
     first = write_sets(COURSE, tmp_path / "a")
     second = write_sets(COURSE, tmp_path / "b")
     assert first == second
-    assert _sha256(tmp_path / "a") == _sha256(tmp_path / "b") == {f"{n}.csv": d for n, d in first.items()}
-    assert len(first) == 5
+    assert _sha256(tmp_path / "a") == _sha256(tmp_path / "b") == {f"{n}.csv": d for n, d in first.items()
+                                                                  if n in GENERATORS}
+    assert len(first) == 7  # the course's five CSV sets, sequences and shapes
 
 
 @pytest.mark.parametrize("name", ["line", "line_small_noise", "quadratic", "parabola", "dropout_points"])
@@ -135,14 +138,17 @@ def test_reading_a_missing_or_corrupt_set_names_the_file(tmp_path: Path):
 
 
 def test_synth_stage_writes_the_sets_or_fails_cleanly(tmp_path: Path):
-    params = tiny_params_dict()
+    params = {**tiny_params_dict(), "synth": {"sequences": TINY_SEQUENCES, "shapes": TINY_SHAPES}}
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     out = tmp_path / "synthetic"
     stage = [sys.executable, str(REPO / "stages" / "synth.py"), "--params", str(params_file), "--out", str(out)]
     done = subprocess.run(stage, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert _sha256(out) == {f"{n}.csv": d for n, d in write_sets(COURSE, tmp_path / "again").items()}
+    digests = write_sets(COURSE, tmp_path / "again")
+    assert _sha256(out) == {f"{n}.csv": d for n, d in digests.items() if n in GENERATORS}
+    for name in ("sequences", "shapes"):  # folders: the digest printed is the one of the same files written again
+        assert f"{out / name}  sha256 {digests[name]}" in done.stdout
 
     params["synth"] = {"line": {"seed": 0, "size": 10, "noise": 1.0, "train_size": 12}}
     params_file.write_text(yaml.safe_dump(params))

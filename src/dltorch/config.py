@@ -14,13 +14,17 @@ from dltorch.models import registry as arch_registry
 
 Optimizer = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
-Loss = Literal["cross_entropy", "mse_onehot", "mse"]
-Task = Literal["classification", "regression"]
+Loss = Literal["cross_entropy", "mse_onehot", "mse", "bce", "bce_dice"]
+Task = Literal["classification", "regression", "sequence", "segmentation"]
 # The engine trains every model; the course's two hand-written regression loops are kept as lessons.
 Trainer = Literal["engine", "numpy_gd", "manual_autograd"]
 SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points"]
-TASK_LOSSES = {"classification": ("cross_entropy", "mse_onehot"), "regression": ("mse",)}
-SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv
+TASK_LOSSES = {"classification": ("cross_entropy", "mse_onehot"), "regression": ("mse",), "sequence": ("mse",),
+               "segmentation": ("bce", "bce_dice")}
+SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
+FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
+# A UNet of up to four levels halves each side four times: sides must be multiples of this.
+SIDE_MULTIPLE = 16
 
 
 class Strict(BaseModel):
@@ -59,8 +63,50 @@ class ShuffledSplitSetConfig(SplitSetConfig):
     split_seed: int = Field(ge=0)
 
 
+class SequencesConfig(Strict):
+    """Sums of sines with random frequencies and phases plus noise (data/sequences.py). Whole series go to the
+    training, validation or test split, each cut into every window of `window` steps followed by `horizon` more."""
+
+    seed: int = Field(ge=0)
+    count: int = Field(ge=3)  # series
+    length: int = Field(ge=2)  # steps per series
+    noise: float = Field(ge=0)  # standard deviation of the Gaussian noise added to every step
+    window: int = Field(ge=1)  # steps the model reads
+    horizon: int = Field(ge=1)  # steps it predicts
+    val_count: int = Field(ge=1)  # series held out for validation
+    test_count: int = Field(ge=1)  # series held out for the test
+    moving_average: int = Field(ge=1)  # the moving-average baseline's span (the last this many steps)
+
+    @model_validator(mode="after")
+    def _fits(self) -> SequencesConfig:
+        if self.window + self.horizon > self.length:
+            raise ValueError(f"window + horizon ({self.window} + {self.horizon}) exceed length {self.length}")
+        if self.val_count + self.test_count >= self.count:
+            raise ValueError(f"val_count + test_count ({self.val_count} + {self.test_count}) leave no training "
+                             f"series out of count {self.count}")
+        if self.moving_average > self.window:
+            raise ValueError(f"moving_average: {self.moving_average} is longer than the window ({self.window})")
+        return self
+
+
+class ShapesConfig(Strict):
+    """RGB images of ellipses, rectangles and car-like blobs over textured, noisy backgrounds with their binary
+    masks (data/segmentation.py), as JPEG images and GIF masks in train/ and val/ folders."""
+
+    seed: int = Field(ge=0)
+    count: int = Field(ge=2)  # images in all
+    size: int = Field(ge=16)  # side in pixels
+    val_count: int = Field(ge=1)  # of them in val/
+
+    @model_validator(mode="after")
+    def _fits(self) -> ShapesConfig:
+        if self.val_count >= self.count:
+            raise ValueError(f"val_count: {self.val_count} leaves no training images out of count {self.count}")
+        return self
+
+
 class SynthConfig(Strict):
-    """Every synthetic set; the defaults are the course's recipes."""
+    """Every synthetic set; the defaults are the course's recipes (and, for sequences and shapes, params.yaml's)."""
 
     line: SplitSetConfig = SplitSetConfig(seed=0, size=100, noise=1.0, train_size=80)
     line_small_noise: SplitSetConfig = SplitSetConfig(seed=42, size=100, noise=0.1, train_size=80)
@@ -68,6 +114,14 @@ class SynthConfig(Strict):
                                                               split_seed=42)
     parabola: SetConfig = SetConfig(seed=0, size=1000, noise=1.0)
     dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
+    sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
+                                                 val_count=20, test_count=20, moving_average=8)
+    shapes: ShapesConfig = ShapesConfig(seed=0, count=800, size=96, val_count=160)
+
+    @staticmethod
+    def path(name: str) -> str:
+        """Where the synth stage writes set `name`, relative to data/ (a model's `data:`)."""
+        return f"{SYNTHETIC_DIR}/{name}" if name in FOLDER_SETS else f"{SYNTHETIC_DIR}/{name}.csv"
 
 
 class MlflowConfig(Strict):
@@ -75,10 +129,13 @@ class MlflowConfig(Strict):
 
 
 class AugmentConfig(Strict):
-    """Applied to training batches only; off by default, as in the course's recipes."""
+    """Applied to training samples only; off by default, as in the course's recipes. Classification augments whole
+    batches (crop, flip); segmentation each image with its mask (albumentations: rotate, flips)."""
 
     crop_padding: int = Field(0, ge=0, le=8)
     hflip: bool = False
+    vflip: float = Field(0.0, ge=0, le=1)  # segmentation: the probability of a vertical flip
+    rotate_limit: float = Field(0.0, ge=0, le=180)  # segmentation: rotate by up to this many degrees either way
 
 
 class DistributedConfig(Strict):
@@ -109,6 +166,15 @@ class TrainConfig(Strict):
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPU (fast only with avx512_bf16 or AMX); fp32: never.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     trainer: Trainer = "engine"
+    # Segmentation: every image and mask is resized to (height, width), multiples of 16, to train and evaluate.
+    image_size: tuple[int, int] | None = None
+
+    @field_validator("image_size")
+    @classmethod
+    def _sides_divide(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        if size is not None and any(side < SIDE_MULTIPLE or side % SIDE_MULTIPLE for side in size):
+            raise ValueError(f"height and width must be multiples of {SIDE_MULTIPLE}, not {list(size)}")
+        return size
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:
@@ -147,7 +213,9 @@ class RegistryRule(Strict):
 
 
 DEFAULT_REGISTRY = {"classification": RegistryRule(metric="test_accuracy", direction="max"),
-                    "regression": RegistryRule(metric="test_mse", direction="min")}
+                    "regression": RegistryRule(metric="test_mse", direction="min"),
+                    "sequence": RegistryRule(metric="test_mse", direction="min"),
+                    "segmentation": RegistryRule(metric="dice", direction="max")}
 
 
 class ModelConfig(Strict):
@@ -176,7 +244,24 @@ class ModelConfig(Strict):
                              f"known: {', '.join(TASK_LOSSES[self.task])}")
         if self.train.trainer != "engine" and self.task != "regression":
             raise ValueError(f"train.trainer: '{self.train.trainer}' trains a regression only (task: regression)")
+        self._task_settings()
         return self
+
+    def _task_settings(self) -> None:
+        """Settings that only one task reads are errors elsewhere, rather than silently ignored."""
+        augment, segmentation = self.train.augment, self.task == "segmentation"
+        if segmentation and self.train.image_size is None:
+            raise ValueError("train.image_size: required for task segmentation: [height, width], multiples of "
+                             f"{SIDE_MULTIPLE}")
+        if not segmentation and self.train.image_size is not None:
+            raise ValueError(f"train.image_size: only task segmentation resizes images, not {self.task}")
+        for key in ("vflip", "rotate_limit"):
+            if getattr(augment, key) and not segmentation:
+                raise ValueError(f"train.augment.{key}: only task segmentation augments this way, not {self.task}")
+        if augment.crop_padding and self.task != "classification":
+            raise ValueError(f"train.augment.crop_padding: only task classification crops, not {self.task}")
+        if augment.hflip and self.task in ("regression", "sequence"):
+            raise ValueError(f"train.augment.hflip: a {self.task} has nothing to flip")
 
 
 class VariantConfig(Strict):
@@ -250,11 +335,10 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _known_synthetic_sets(self) -> Params:
+        known = [SynthConfig.path(name) for name in SynthConfig.model_fields]
         for name, model in self.models.items():
-            folder, _, file = model.data.partition("/")
-            if folder == SYNTHETIC_DIR and file.removesuffix(".csv") not in SynthConfig.model_fields:
-                raise ValueError(f"models.{name}.data: '{model.data}' is not a synth set; known: "
-                                 + ", ".join(f"{SYNTHETIC_DIR}/{s}.csv" for s in SynthConfig.model_fields))
+            if model.data.partition("/")[0] == SYNTHETIC_DIR and model.data.rstrip("/") not in known:
+                raise ValueError(f"models.{name}.data: '{model.data}' is not a synth set; known: {', '.join(known)}")
         return self
 
     @model_validator(mode="after")
@@ -275,8 +359,9 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    schemas = (FetchConfig, SynthConfig, ShuffledSplitSetConfig, MlflowConfig, AugmentConfig, DistributedConfig,
-               TrainConfig, ExportConfig, RegistryRule, ModelConfig, VariantConfig, StudyConfig, Params)
+    schemas = (FetchConfig, SynthConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig, MlflowConfig,
+               AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig, VariantConfig,
+               StudyConfig, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names

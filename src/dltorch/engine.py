@@ -23,6 +23,7 @@ from dltorch import distributed
 from dltorch.augment import augment_batch
 from dltorch.config import TrainConfig
 from dltorch.data.images import TensorData
+from dltorch.data.streamed import StreamedData
 from dltorch.errors import CheckpointError
 from dltorch.io import save_torch
 
@@ -32,6 +33,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 EpochCallback = Callable[[dict[str, Any]], None]
 StepCallback = Callable[[float, float], None]  # (batch loss, learning rate of the step)
+# Training data: in-memory tensors (sliced into batches, augmented a whole batch at a time), or samples a task
+# streams through a DataLoader because each needs its own random transform (a segmentation image with its mask).
+TrainData = TensorData | StreamedData
 
 
 def select_device(name: str) -> torch.device:
@@ -94,9 +98,10 @@ def mixed_precision(device: torch.device, precision: str = "auto") -> contextlib
     return contextlib.nullcontext()
 
 
-def to_device(data: TensorData, device: torch.device) -> TensorData:
-    """On CUDA the whole set moves once, through pinned memory; on CPU it stays where it is."""
-    if device.type != "cuda":
+def to_device(data: TrainData, device: torch.device) -> TrainData:
+    """On CUDA the whole set moves once, through pinned memory; on CPU it stays where it is. Streamed data moves
+    batch by batch."""
+    if device.type != "cuda" or isinstance(data, StreamedData):
         return data
     return TensorData(data.inputs.pin_memory().to(device, non_blocking=True),
                       data.targets.pin_memory().to(device, non_blocking=True))
@@ -107,8 +112,18 @@ def memory_format(inputs: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if inputs.ndim == 4 else torch.contiguous_format
 
 
-def batches(data: TensorData, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TensorData]:
-    """Slices of in-memory tensors; shuffled when a generator is given."""
+def _sample_ndim(data: TrainData) -> int:
+    """The rank of a batch of the data's inputs."""
+    return data.inputs.ndim if isinstance(data, TensorData) else 1 + len(data.sample_shape)
+
+
+def batches(data: TrainData, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TensorData]:
+    """Slices of in-memory tensors, shuffled when a generator is given; or the streamed data's shuffled batches."""
+    if isinstance(data, StreamedData):
+        if generator is None:
+            raise ValueError("streamed data is only drawn shuffled, for training: pass the epoch's generator")
+        yield from data.batches(batch_size, generator)
+        return
     order = torch.randperm(len(data), generator=generator).to(data.inputs.device) if generator is not None else None
     for start in range(0, len(data), batch_size):
         if order is None:
@@ -123,7 +138,7 @@ def train_one_epoch(
     score_fn: ScoreFn,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    data: TensorData,
+    data: TrainData,
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
@@ -134,11 +149,13 @@ def train_one_epoch(
     model.train()
     totals: dict[str, float] = {"loss": 0.0}
     quiet = None if distributed.is_main() else True  # a bar on rank 0's terminal; none in logs
+    # streamed samples come augmented, each with its target (a mask turns with its image): never a second time here
+    augment = isinstance(data, TensorData) and (cfg.augment.crop_padding or cfg.augment.hflip)
     with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False,
               disable=quiet) as bar:
         for batch in batches(data, batch_size, generator):
             inputs, targets = batch.inputs, batch.targets
-            if cfg.augment.crop_padding or cfg.augment.hflip:
+            if augment:
                 # augment the global batch, then shard: every rank draws the same random numbers
                 inputs = augment_batch(inputs, cfg.augment.crop_padding, cfg.augment.hflip, generator)
             inputs, targets, weight = distributed.shard(inputs, targets)
@@ -246,7 +263,7 @@ def fit(
     model: nn.Module,
     loss_fn: LossFn,
     score_fn: ScoreFn,
-    train: TensorData,
+    train: TrainData,
     val: TensorData | None,
     cfg: TrainConfig,
     checkpoint_path: Path,
@@ -264,7 +281,7 @@ def fit(
     """
     device = select_device(cfg.device)
     distributed.init(device)
-    model.to(device, memory_format=memory_format(train.inputs))
+    model.to(device, memory_format=torch.channels_last if _sample_ndim(train) == 4 else torch.contiguous_format)
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))
     start, progress = _restore(resume, model, optimizer, scheduler) if resume else (1, Progress())

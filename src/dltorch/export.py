@@ -6,6 +6,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +23,48 @@ TaskChecks = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[dict[str, dict
 EXAMPLE_BATCH = 4
 # A second batch size, unlike both the example's and the bulk run's, catches shapes baked into the graph.
 ODD_BATCH = 7
+# Which input axes stay dynamic, as {axis: (name, multiple)}; every task's graph has a dynamic batch. A multiple
+# above 1 makes the axis `multiple * n` (a UNet takes sides that are multiples of 16).
+BATCH_ONLY: dict[int, tuple[str, int]] = {0: ("batch", 1)}
 
 
 def export_onnx(
-    model: nn.Module, in_shape: tuple[int, ...], path: Path, opset: int, input_name: str, output_name: str
+    model: nn.Module, in_shape: tuple[int, ...], path: Path, opset: int, input_name: str, output_name: str,
+    dynamic_axes: dict[int, tuple[str, int]] = BATCH_ONLY,
 ) -> None:
-    """Export with a dynamic batch axis; onnx.checker must pass before the file appears at `path`."""
+    """Export with the given dynamic axes; onnx.checker must pass before the file appears at `path`."""
     import onnx
+
+    from dltorch.onnx_rnn import rnn_translations
 
     model = model.cpu().eval()
     example = torch.rand(EXAMPLE_BATCH, *in_shape)
-    batch = torch.export.Dim("batch", min=1)
-    with atomic_path(path) as tmp:
+    dims = {axis: torch.export.Dim(name, min=1) if multiple == 1 else multiple * torch.export.Dim(name, min=1)
+            for axis, (name, multiple) in dynamic_axes.items()}
+    # an Elman RNN needs its own translation to keep the time axis dynamic (onnx_rnn.py); other models none
+    translations = rnn_translations() if any(isinstance(m, nn.RNN) for m in model.modules()) else nullcontext({})
+    with atomic_path(path) as tmp, translations as table:
         program = torch.onnx.export(
             model, (example,), dynamo=True, opset_version=opset, input_names=[input_name],
-            output_names=[output_name], dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            output_names=[output_name], dynamic_shapes=(dims,), external_data=False, verbose=False,
+            custom_translation_table=table or None,
         )
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
-        _require_dynamic_batch(onnx.load(str(tmp)), path)
+        _require_dynamic(onnx.load(str(tmp)), path, dynamic_axes)
 
 
-def _require_dynamic_batch(proto: Any, path: Path) -> None:
-    """The exporter may quietly fall back to a trace that bakes the example's batch size into the graph."""
-    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    if not batch_dim.dim_param:
-        raise ExportError(f"{path}: the exported graph has a fixed batch size {batch_dim.dim_value}: the model's "
-                          "forward turns the batch dimension into a Python int (e.g. len(x)); use x.shape[0]")
+def _require_dynamic(proto: Any, path: Path, dynamic_axes: dict[int, tuple[str, int]]) -> None:
+    """The exporter may quietly fall back to a trace that bakes the example's sizes into the graph."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    for axis, (name, _) in dynamic_axes.items():
+        if dims[axis].dim_param:
+            continue
+        if axis == 0:
+            raise ExportError(f"{path}: the exported graph has a fixed batch size {dims[0].dim_value}: the model's "
+                              "forward turns the batch dimension into a Python int (e.g. len(x)); use x.shape[0]")
+        raise ExportError(f"{path}: the exported graph has a fixed {name} {dims[axis].dim_value} (axis {axis}): "
+                          "the model's forward specializes it to the example's size")
 
 
 def onnx_session(path: Path, threads: int | None = None) -> Any:
@@ -72,15 +88,16 @@ def run_onnx(session: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
 @torch.no_grad()
 def check_parity(
     onnx_path: Path, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, atol: float, batch_size: int,
-    task_checks: TaskChecks | None = None,
+    task_checks: TaskChecks | None = None, other_shape: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Compare onnxruntime with torch, the oracle, on every input: outputs within atol, plus the task's checks.
 
     Run at `batch_size` over all inputs and again at ODD_BATCH on the first 100, so a graph that only
-    works at the example's batch size fails too.
+    works at the example's batch size fails too. `other_shape` (inputs, targets) are samples at another size of a
+    dynamic axis than the example's (a shorter window, a larger image): the same checks run on them at ODD_BATCH.
     """
     model = model.cpu().eval()
-    expected = torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]).numpy()
+    expected = _run_torch(model, inputs, batch_size)
     session = onnx_session(onnx_path)
     actual = run_onnx(session, inputs.numpy(), batch_size)
     head = min(100, len(inputs))
@@ -95,8 +112,24 @@ def check_parity(
     if task_checks is not None:
         extra, summary = task_checks(expected, actual, targets.numpy())
         checks.update(extra)
+    shapes = {"example": [EXAMPLE_BATCH, *inputs.shape[1:]]}
+    if other_shape is not None:
+        other_inputs, other_targets = other_shape
+        suffix = "shape_" + "x".join(map(str, other_inputs.shape[1:]))
+        other_expected = _run_torch(model, other_inputs, ODD_BATCH)
+        other_actual = run_onnx(session, other_inputs.numpy(), ODD_BATCH)
+        other_diff = float(np.abs(other_actual - other_expected).max())
+        checks[f"max_abs_diff_{suffix}"] = {"measured": other_diff, "limit": atol, "passed": other_diff <= atol}
+        if task_checks is not None:
+            extra, _ = task_checks(other_expected, other_actual, other_targets.numpy())
+            checks.update({f"{name}_{suffix}": check for name, check in extra.items()})
+        shapes["other"] = [ODD_BATCH, *other_inputs.shape[1:]]
     return {"passed": all(check["passed"] for check in checks.values()), "samples": len(inputs),
-            "batch_sizes": [batch_size, ODD_BATCH], **summary, "checks": checks}
+            "batch_sizes": [batch_size, ODD_BATCH], "shapes": shapes, **summary, "checks": checks}
+
+
+def _run_torch(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> np.ndarray:
+    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]).numpy()
 
 
 def assert_parity(report: dict[str, Any], onnx_path: Path) -> None:
@@ -115,7 +148,10 @@ def quantize_onnx(src: Path, dst: Path, mode: str, calibration: np.ndarray | Non
 
     with tempfile.TemporaryDirectory() as work, atomic_path(dst) as tmp:
         prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared))  # shape inference and graph fusions, as onnxruntime advises
+        # Shape inference and graph fusions, as onnxruntime advises. auto_merge: symbolic inference would give up
+        # on derived sizes (a UNet's 16*h next to its skips' 8*h*2), leaving its debug dump in the working folder;
+        # merging only acts where dimensions conflict, so other graphs infer as before.
+        quant_pre_process(str(src), str(prepared), auto_merge=True)
         if mode == "dynamic":
             quantize_dynamic(prepared, tmp, weight_type=QuantType.QInt8, reduce_range=reduce_range)
         elif mode == "static":

@@ -132,3 +132,47 @@ def panels(items: list[Panel], title: str, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def forecasts(history: np.ndarray, truth: np.ndarray, lines: dict[str, np.ndarray], title: str, path: Path,
+              columns: int = 3) -> Path:
+    """A few windows: the steps the model read, then the true continuation against each forecast.
+    history (N, window), truth (N, horizon), lines: label -> (N, horizon) forecasts."""
+    rows = -(-len(history) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    window = history.shape[1]
+    past, future = np.arange(window), np.arange(window, window + truth.shape[1])
+    for index, ax in zip(range(len(history)), axes.flat, strict=False):
+        ax.axis("on")
+        ax.plot(past, history[index], color="0.5", linewidth=1.2, label="input")
+        ax.plot(future, truth[index], "k.-", linewidth=1.5, label="truth")
+        for (label, forecast), style in zip(lines.items(), ("-", "--", ":", "-."), strict=False):
+            ax.plot(future, forecast[index], style, linewidth=1.5, label=label)
+        ax.axvline(window - 0.5, color="0.8", linewidth=1)
+        ax.set(xlabel="step", title=f"test window {index + 1}")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def mask_overlays(images: np.ndarray, true_masks: np.ndarray, predicted: np.ndarray, title: str, path: Path,
+                  columns: int = 4) -> Path:
+    """Images (N, 3, H, W) in [0, 1] with the true mask's outline in green and the predicted mask tinted red;
+    each panel's title is the image's Dice."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, truth, pred in zip(axes.flat, images, true_masks, predicted, strict=False):
+        rgb = np.clip(image.transpose(1, 2, 0), 0, 1)
+        tinted = np.where(pred[..., None], 0.55 * rgb + 0.45 * np.array([1.0, 0.1, 0.1]), rgb)
+        ax.imshow(tinted)
+        ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.9)
+        overlap = 2 * np.logical_and(truth, pred).sum()
+        dice = overlap / max(1, truth.sum() + pred.sum()) if truth.any() or pred.any() else 1.0
+        ax.set_title(f"Dice {dice:.3f}", fontsize=8)
+    fig.suptitle(f"{title}: predicted (red) and true outline (green)")
+    return _save(fig, path)

@@ -173,13 +173,32 @@ def log_onnx_model(onnx_path: Path, example: Any, output: Any, name: str = "mode
     """
     import mlflow.onnx
     import onnx
-    from mlflow.models import infer_signature
 
+    proto = onnx.load(str(onnx_path))
     info = mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)), name=name, signature=infer_signature(example, output), input_example=example,
+        proto, name=name, signature=_signature(proto, example, output), input_example=example,
         save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
     )
     return info.model_uri
+
+
+def _signature(proto: Any, example: Any, output: Any) -> Any:
+    """The examples' dtypes with the graph's shapes: every dynamic axis (batch, a window's length, an image's height
+    and width) is -1, so the server takes what the graph takes."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inferred = infer_signature(example, output)
+
+    def shapes(values: Any, schema: Any) -> Any:
+        specs = []
+        for value, spec in zip(values, schema.inputs, strict=True):
+            dims = value.type.tensor_type.shape.dim
+            specs.append(TensorSpec(spec.type, tuple(-1 if d.dim_param or not d.dim_value else d.dim_value
+                                                     for d in dims), spec.name))
+        return Schema(specs)
+
+    return ModelSignature(shapes(proto.graph.input, inferred.inputs), shapes(proto.graph.output, inferred.outputs))
 
 
 def beats(candidate: float, champion: float, direction: str) -> bool:

@@ -114,8 +114,14 @@ def write_set(data: SetData, path: Path) -> str:
 
 
 def write_sets(cfg: SynthConfig, out_dir: Path) -> dict[str, str]:
-    """Every set as <out_dir>/<name>.csv; returns {name: SHA-256}."""
-    return {name: write_set(generate(name, cfg), out_dir / f"{name}.csv") for name in GENERATORS}
+    """Every set: the course's as <out_dir>/<name>.csv, `sequences` and `shapes` as folders (data/sequences.py,
+    data/shapes.py); returns {name: SHA-256 of the file, or of the folder's files}."""
+    from dltorch.data import sequences, shapes
+
+    digests = {name: write_set(generate(name, cfg), out_dir / f"{name}.csv") for name in GENERATORS}
+    digests["sequences"] = sequences.write(sequences.generate(cfg.sequences), out_dir / "sequences")
+    digests["shapes"] = shapes.write(cfg.shapes, out_dir / "shapes")
+    return digests
 
 
 def read_set(path: Path) -> SetData:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dltorch import engine, tracking
 from dltorch.bundle import load_model
+from dltorch.config import TrainConfig
 from dltorch.io import read_json, write_json
 from dltorch.pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.tasks import get_task
@@ -14,8 +15,8 @@ from dltorch.tasks import get_task
 def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
-    test = task.load_test(raw_root, bundle.dataset)
     train_cfg = bundle.config["train"]
+    test = task.load_test(raw_root, bundle.dataset, settings=TrainConfig.model_validate(train_cfg))
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
     metrics, figures = task.report(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,

@@ -11,6 +11,8 @@ import torch
 
 from dltorch import tracking
 from dltorch.bundle import load_model
+from dltorch.config import TrainConfig
+from dltorch.data.streamed import StreamedData
 from dltorch.errors import CheckpointError, ParamsError
 from dltorch.export import (
     assert_parity,
@@ -40,13 +42,16 @@ def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, 
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     candidate_score = _read_metric(eval_metrics, metric)
-    test = task.load_test(raw_root, bundle.dataset)
+    settings = TrainConfig.model_validate(bundle.config["train"])
+    test = task.load_test(raw_root, bundle.dataset, settings=settings)
     run = read_json(model_dir / RUN_FILE)
     with tracking.model_run(run["experiment"], bundle.name, f"export@{bundle.name}", run_id=run["run_id"]):
         with atomic_path(onnx_path) as candidate:
-            export_onnx(model, tuple(bundle.inputs["in_shape"]), candidate, opset, task.INPUT_NAME, task.OUTPUT_NAME)
+            export_onnx(model, tuple(bundle.inputs["in_shape"]), candidate, opset, task.INPUT_NAME, task.OUTPUT_NAME,
+                        task.DYNAMIC_AXES)
             report = {"model": bundle.name, "opset": opset, **check_parity(
-                candidate, model, test.inputs, test.targets, atol, batch_size, task.parity_checks)}
+                candidate, model, test.inputs, test.targets, atol, batch_size, task.parity_checks,
+                other_shape=task.other_shape(test))}
             write_json(report_path, report)
             tracking.log_artifacts([report_path], "export")
             tracking.log_metrics({"parity_passed": int(report["passed"]),
@@ -58,7 +63,7 @@ def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, 
 
         calibration = None
         if quantize == "static":
-            calibration = _calibration_set(task, raw_root, bundle, calibration_size)
+            calibration = _calibration_set(task, raw_root, bundle, settings, calibration_size)
         quantize_onnx(onnx_path, int8_path, quantize, calibration, reduce_range)
         int8 = compare_int8(onnx_path, int8_path, test.inputs.numpy(), test.targets.numpy(), task.onnx_metrics,
                             metric, direction, int8_max_drop, batch_size)
@@ -111,11 +116,14 @@ def _read_metric(path: Path, metric: str) -> float:
     return float(metrics[metric])
 
 
-def _calibration_set(task: Any, raw_root: Path, bundle: Any, size: int) -> np.ndarray:
-    """A seeded random sample of the training split (never validation or test) for static quantization."""
-    train_cfg = bundle.config["train"]
-    train, _ = task.load_train_val(raw_root, bundle.dataset, train_cfg["val_size"], train_cfg["seed"])
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(train_cfg["seed"]))
+def _calibration_set(task: Any, raw_root: Path, bundle: Any, settings: TrainConfig, size: int) -> np.ndarray:
+    """A seeded random sample of the training split (never validation or test) for static quantization; streamed
+    training data gives one shuffled batch, as training draws them."""
+    train, _ = task.load_train_val(raw_root, bundle.dataset, settings.val_size, settings.seed, settings=settings)
+    generator = torch.Generator().manual_seed(settings.seed)
+    if isinstance(train, StreamedData):
+        return next(train.batches(size, generator)).inputs.numpy()
+    order = torch.randperm(len(train), generator=generator)
     return train.inputs[order[:size]].numpy()
 
 

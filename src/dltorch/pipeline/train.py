@@ -12,6 +12,7 @@ import torch
 from dltorch import distributed, engine, tracking
 from dltorch.bundle import ModelBundle, build_model, save_model
 from dltorch.config import Params
+from dltorch.data.images import TensorData
 from dltorch.io import save_torch, write_json
 from dltorch.tasks import get_task
 
@@ -24,10 +25,13 @@ RUN_FILE = "run.json"
 TRAINING_KEYS = ("arch", "task", "data", "args", "train")  # not `export`: exporting differently needs no retraining
 
 
-def _fingerprint(config: dict, dataset: str, train_sum: float, train_len: int) -> str:
-    """Identifies what a checkpoint was trained on: other params or data start training afresh."""
+def _fingerprint(config: dict, dataset: str, train_data: engine.TrainData) -> str:
+    """Identifies what a checkpoint was trained on: other params or data start training afresh. In-memory data
+    is summed; streamed data carries its own signature (e.g. a digest of its files)."""
     trained_on = {key: config[key] for key in TRAINING_KEYS}
-    payload = json.dumps({"config": trained_on, "dataset": dataset, "sum": round(train_sum, 3), "n": train_len},
+    signature = (round(float(train_data.inputs.sum()), 3) if isinstance(train_data, TensorData)
+                 else train_data.signature)
+    payload = json.dumps({"config": trained_on, "dataset": dataset, "sum": signature, "n": len(train_data)},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -36,12 +40,13 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
     cfg = params.model(name)
     task = get_task(cfg.task)
     dataset = task.dataset_name(raw_root, params.fetch.dataset)
-    train_data, val_data = task.load_train_val(raw_root, dataset, cfg.train.val_size, cfg.train.seed)
+    train_data, val_data = task.load_train_val(raw_root, dataset, cfg.train.val_size, cfg.train.seed,
+                                               settings=cfg.train)
     inputs = task.model_inputs(train_data, dataset)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.arch, cfg.args, cfg.task, inputs)
     config = cfg.model_dump(mode="json")
-    fingerprint = _fingerprint(config, dataset, float(train_data.inputs.sum()), len(train_data))
+    fingerprint = _fingerprint(config, dataset, train_data)
     checkpoint = out_dir / CHECKPOINT_FILE
     resume = engine.load_checkpoint(checkpoint, fingerprint)
     run_id = resume["extra"].get("run_id") if resume else None

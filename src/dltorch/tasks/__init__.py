@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from types import ModuleType
+
+TASKS = ("classification", "regression", "sequence", "segmentation")
 
 
 def get_task(name: str) -> ModuleType:
-    if name == "classification":
-        from dltorch.tasks import classification
-
-        return classification
-    if name == "regression":
-        from dltorch.tasks import regression
-
-        return regression
-    raise ValueError(f"unknown task '{name}'; known: classification, regression")
+    if name not in TASKS:
+        raise ValueError(f"unknown task '{name}'; known: {', '.join(TASKS)}")
+    return import_module(f"dltorch.tasks.{name}")

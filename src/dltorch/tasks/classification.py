@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dltorch import plots
+from dltorch.config import TrainConfig
 from dltorch.data.images import CLASSES, TensorData, channel_stats, load_split, split_validation
 from dltorch.io import atomic_path
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 MONITOR = ("val_accuracy", "max")  # picks the best epoch and drives early stopping
+DYNAMIC_AXES = {0: ("batch", 1)}  # any batch; every other axis is the example's
 GRID_SIZE = 32
 
 
@@ -40,11 +42,12 @@ def dataset_name(data: Path, fetched: str) -> str:
     return fetched  # the image set the fetch stage put under data
 
 
-def load_train_val(raw_root: Path, dataset: str, val_size: int, seed: int) -> tuple[TensorData, TensorData | None]:
+def load_train_val(raw_root: Path, dataset: str, val_size: int, seed: int,
+                   settings: TrainConfig | None = None) -> tuple[TensorData, TensorData | None]:
     return split_validation(load_split(raw_root, dataset, train=True), val_size, seed)
 
 
-def load_test(raw_root: Path, dataset: str) -> TensorData:
+def load_test(raw_root: Path, dataset: str, settings: TrainConfig | None = None) -> TensorData:
     return load_split(raw_root, dataset, train=False)
 
 
@@ -122,6 +125,11 @@ def _write_predictions(path: Path, targets: list[int], predicted: list[int], cla
         writer = csv.writer(handle)
         writer.writerow(["actual", "predicted"])
         writer.writerows((classes[t], classes[p]) for t, p in zip(targets, predicted, strict=True))
+
+
+def other_shape(test: TensorData) -> None:
+    """No second input shape to check: only the batch axis is dynamic (parity runs at a second batch size)."""
+    return None
 
 
 def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -20,6 +20,7 @@ from dltorch.io import atomic_path
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
 MONITOR = ("val_loss", "min")
+DYNAMIC_AXES = {0: ("batch", 1)}  # any batch; every other axis is the example's
 
 
 def dataset_name(data: Path, fetched: str) -> str:
@@ -34,11 +35,12 @@ def _part(data: Path, split: str) -> TensorData:
     return TensorData(as_column(x), as_column(y))
 
 
-def load_train_val(data: Path, dataset: str, val_size: int, seed: int) -> tuple[TensorData, TensorData | None]:
+def load_train_val(data: Path, dataset: str, val_size: int, seed: int,
+                   settings: TrainConfig | None = None) -> tuple[TensorData, TensorData | None]:
     return split_validation(_part(data, "train"), val_size, seed)
 
 
-def load_test(data: Path, dataset: str) -> TensorData:
+def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> TensorData:
     return _part(data, "test")
 
 
@@ -93,6 +95,11 @@ def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray)
     checks = {"mse_equal": {"measured": abs(onnx_mse - torch_mse), "limit": limit,
                             "passed": abs(onnx_mse - torch_mse) <= limit}}
     return checks, {"torch_mse": torch_mse, "onnx_mse": onnx_mse}
+
+
+def other_shape(test: TensorData) -> None:
+    """No second input shape to check: only the batch axis is dynamic (parity runs at a second batch size)."""
+    return None
 
 
 @torch.no_grad()

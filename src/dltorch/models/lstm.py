@@ -1,0 +1,40 @@
+"""Recurrent forecasters: an LSTM (or GRU, or plain tanh RNN) reads a window and predicts the next values."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dltorch.models.registry import register_model
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class Forecaster(nn.Module):
+    """(N, steps, features) -> (N, horizon): the last step's hidden state through a linear head.
+
+    Any number of steps works, so the exported graph takes windows of any length."""
+
+    def __init__(self, cell: str, features: int, hidden: int, layers: int, dropout: float, horizon: int) -> None:
+        super().__init__()
+        # nn.LSTM applies dropout between stacked layers only; with one layer it would only warn
+        self.rnn = CELLS[cell](features, hidden, num_layers=layers, batch_first=True,
+                               dropout=dropout if layers > 1 else 0.0)
+        self.head = nn.Linear(hidden, horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@register_model
+def lstm(in_shape: tuple[int, ...], num_classes: int, cell: str = "lstm", hidden: int = 64, layers: int = 2,
+         dropout: float = 0.0) -> nn.Module:
+    """in_shape is (steps, features); num_classes is the horizon, the number of values predicted."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {', '.join(CELLS)}, not '{cell}'")
+    if hidden < 1 or layers < 1 or not 0.0 <= dropout < 1.0:
+        raise ValueError("hidden and layers must be at least 1 and dropout in [0, 1)")
+    if len(in_shape) != 2:
+        raise ValueError(f"in_shape must be (steps, features), not {tuple(in_shape)}")
+    return Forecaster(cell, in_shape[-1], hidden, layers, dropout, num_classes)
