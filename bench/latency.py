@@ -61,7 +61,7 @@ def table(rows: list[dict], archs: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data/raw"))
+    parser.add_argument("--data", type=Path, default=Path("data"), help="each model reads <data>/<its data: entry>")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--models", nargs="*", help="default: every model of params.yaml that has been exported")
     parser.add_argument("--threads", type=int, default=1)
@@ -80,7 +80,7 @@ def main() -> None:
         if missing:
             print(f"skip {name}: no {', '.join(missing)} in {model_dir}; run `dvc repro export@{name}`")
             continue
-        test = get_task(cfg.task).load_test(args.data, params.fetch.dataset)
+        test = get_task(cfg.task).load_test(args.data / cfg.data, params.fetch.dataset, cfg.train)
         inputs = test.inputs[: max(BATCHES)].numpy()
         rows += bench_model(name, model_dir, inputs, args.runs, args.warmup, args.threads)
     if not rows:

@@ -104,7 +104,7 @@ def load(url: str, body: bytes, requests: int, clients: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data/raw"))
+    parser.add_argument("--data", type=Path, default=Path("data"), help="the model reads <data>/<its data: entry>")
     parser.add_argument("--model", default="mlp", help="a registered model; its @champion is served")
     parser.add_argument("--url", help="an already running server on loopback, e.g. http://127.0.0.1:5001")
     parser.add_argument("--requests", type=int, default=1000)
@@ -114,7 +114,7 @@ def main() -> None:
         raise SystemExit("--url: loopback only (127.0.0.1)")
     params = load_params(args.params)
     cfg = params.model(args.model)
-    image = get_task(cfg.task).load_test(args.data, params.fetch.dataset).inputs[:1].numpy()
+    image = get_task(cfg.task).load_test(args.data / cfg.data, params.fetch.dataset, cfg.train).inputs[:1].numpy()
     body = json.dumps({"inputs": image.tolist()}).encode()
     process = None
     url = args.url
