@@ -23,7 +23,7 @@ train, _ = classification.load_train_val(args.raw, "fashion_mnist", 0, 0)
 torch.manual_seed(0)
 model = build_model("mlp", {"hidden": [16]}, "classification", classification.model_inputs(train, "fashion_mnist"))
 resume = engine.load_checkpoint(args.checkpoint, "fp") if args.resume else None
-engine.fit(model, classification.make_loss("cross_entropy"), classification.batch_scores, train, None, cfg,
+engine.fit(model, classification.TASK.make_loss("cross_entropy"), classification.batch_scores, train, None, cfg,
            args.checkpoint, "fp", resume=resume)
 if distributed.is_main():
     torch.save(model.state_dict(), args.out)

@@ -127,7 +127,7 @@ def test_dice_iou_and_pixel_accuracy_on_hand_made_masks():
     assert scores["iou"].tolist() == pytest.approx([4 / 6, 1.0])
     assert scores["pixel_accuracy"].tolist() == pytest.approx([14 / 16, 1.0])
     logits = torch.where(truth, 10.0, -10.0).float()
-    loss = task.make_loss("bce_dice")
+    loss = task.TASK.make_loss("bce_dice")
     assert loss(logits, truth.float()).item() < 0.01 < loss(-logits, truth.float()).item()
 
 
@@ -168,8 +168,8 @@ def test_a_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path:
         assert isinstance(train_data, StreamedData) and len(train_data) == 12 and len(val) == 4
         torch.manual_seed(0)
         model = build_model("unet", {"features": [4, 8]}, "segmentation", task.model_inputs(train_data, "shapes"))
-        history = engine.fit(model, task.make_loss(cfg.loss), task.batch_scores, train_data, val, cfg, checkpoint,
-                             "fp", monitor=task.MONITOR, resume=resume, on_epoch=on_epoch)
+        history = engine.fit(model, task.TASK.make_loss(cfg.loss), task.batch_scores, train_data, val, cfg, checkpoint,
+                             "fp", monitor=task.TASK.monitor, resume=resume, on_epoch=on_epoch)
         return model, history
 
     uninterrupted, full_history = fit(tmp_path / "full.pt")

@@ -166,7 +166,8 @@ def test_gru_and_rnn_cells_export_with_a_dynamic_length(cell: str, tmp_path: Pat
     torch.manual_seed(0)
     model = create("lstm", {"cell": cell, "hidden": 8, "layers": 2}, in_shape=(16, 1), num_classes=4).eval()
     path = tmp_path / f"{cell}.onnx"
-    export_onnx(model, (16, 1), path, 18, sequence.INPUT_NAME, sequence.OUTPUT_NAME, sequence.DYNAMIC_AXES)
+    spec = sequence.TASK
+    export_onnx(model, (16, 1), path, 18, spec.input_name, spec.output_name, spec.dynamic_axes)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"gru": "GRU", "rnn": "RNN"}[cell] in ops
     session = onnx_session(path)

@@ -10,17 +10,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dltorch.errors import ParamsError
-from dltorch.models import registry as arch_registry
+
+# Model architectures and tasks are validated against their registries, imported when a validator first needs them
+# (they bring torch): a stage that reads only `fetch` or `synth` (load_section) stays light.
 
 Optimizer = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
-Loss = Literal["cross_entropy", "mse_onehot", "mse", "bce", "bce_dice"]
-Task = Literal["classification", "regression", "sequence", "segmentation"]
-# The engine trains every model; the course's two hand-written regression loops are kept as lessons.
-Trainer = Literal["engine", "numpy_gd", "manual_autograd"]
+# The engine trains every model; a task may keep hand-written loops as lessons (regression: numpy_gd, ...).
+ENGINE = "engine"
 SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points"]
-TASK_LOSSES = {"classification": ("cross_entropy", "mse_onehot"), "regression": ("mse",), "sequence": ("mse",),
-               "segmentation": ("bce", "bce_dice")}
 SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
 FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
 # A UNet of up to four levels halves each side four times: sides must be multiples of this.
@@ -153,7 +151,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Scheduler = "none"
     warmup_epochs: float = Field(0.0, ge=0)
-    loss: Loss = "cross_entropy"
+    loss: str = "cross_entropy"  # one of the model's task's losses (ModelConfig checks)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     val_size: int = Field(5000, ge=0)
     # Stop when the validation score has not improved for this many epochs; the best epoch's weights are kept.
@@ -165,9 +163,20 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPU (fast only with avx512_bf16 or AMX); fp32: never.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    trainer: Trainer = "engine"
+    trainer: str = ENGINE  # or one of the task's hand-written loops (ModelConfig checks)
     # Segmentation: every image and mask is resized to (height, width), multiples of 16, to train and evaluate.
     image_size: tuple[int, int] | None = None
+
+    @field_validator("loss")
+    @classmethod
+    def _some_task_loss(cls, loss: str) -> str:
+        """Any task's loss here; ModelConfig checks it is its own task's."""
+        from dltorch import tasks
+
+        known = sorted({name for task in tasks.names() for name in tasks.get_task(task).losses})
+        if loss not in known:
+            raise ValueError(f"unknown loss '{loss}'; known: {', '.join(known)}")
+        return loss
 
     @field_validator("image_size")
     @classmethod
@@ -212,16 +221,35 @@ class RegistryRule(Strict):
     direction: Literal["max", "min"]
 
 
-DEFAULT_REGISTRY = {"classification": RegistryRule(metric="test_accuracy", direction="max"),
-                    "regression": RegistryRule(metric="test_mse", direction="min"),
-                    "sequence": RegistryRule(metric="test_mse", direction="min"),
-                    "segmentation": RegistryRule(metric="dice", direction="max")}
+def _arch_registry() -> Any:
+    from dltorch.models import registry
+
+    return registry
+
+
+def _task(name: str) -> Any:
+    from dltorch.tasks import get_task
+
+    return get_task(name)
+
+
+def _known_task(name: str) -> str:
+    _task(name)  # raises with the list of known names
+    return name
+
+
+def default_registry() -> dict[str, RegistryRule]:
+    """Each task's own ranking (Task.ranking), unless params.yaml's `registry` says otherwise."""
+    from dltorch import tasks
+
+    return {name: RegistryRule(metric=tasks.get_task(name).ranking[0], direction=tasks.get_task(name).ranking[1])
+            for name in tasks.names()}
 
 
 class ModelConfig(Strict):
     arch: str
     # Required: dvc.yaml picks the evaluate stage's plot template by it (${item.task}).
-    task: Task
+    task: str
     # What the model reads, as a path under data/ (dvc.yaml passes data/<data> and depends on it):
     # `raw` is the fetched image set; synthetic sets live under `synthetic/`.
     data: str = Field(min_length=1)
@@ -233,17 +261,21 @@ class ModelConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        arch_registry.get(arch)  # raises with the list of known names
+        _arch_registry().get(arch)  # raises with the list of known names
         return arch
+
+    _known_task = field_validator("task")(_known_task)
 
     @model_validator(mode="after")
     def _valid_args(self) -> ModelConfig:
-        arch_registry.validate_args(self.arch, self.args)
-        if self.train.loss not in TASK_LOSSES[self.task]:
+        _arch_registry().validate_args(self.arch, self.args)
+        task = _task(self.task)
+        if self.train.loss not in task.losses:
             raise ValueError(f"train.loss: '{self.train.loss}' is not a {self.task} loss; "
-                             f"known: {', '.join(TASK_LOSSES[self.task])}")
-        if self.train.trainer != "engine" and self.task != "regression":
-            raise ValueError(f"train.trainer: '{self.train.trainer}' trains a regression only (task: regression)")
+                             f"known: {', '.join(task.losses)}")
+        if self.train.trainer != ENGINE and self.train.trainer not in task.trainers:
+            raise ValueError(f"train.trainer: '{self.train.trainer}' does not train a {self.task}; "
+                             f"known: {', '.join([ENGINE, *task.trainers])}")
         self._task_settings()
         return self
 
@@ -284,7 +316,7 @@ class StudyConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        arch_registry.get(arch)
+        _arch_registry().get(arch)
         return arch
 
     @model_validator(mode="after")
@@ -299,14 +331,14 @@ class StudyConfig(Strict):
         arch = override.arch or self.arch
         args = self.args if override.args is None else override.args
         try:
-            arch_registry.validate_args(arch, args)
+            _arch_registry().validate_args(arch, args)
         except ValueError as exc:
             raise ValueError(f"variants.{name}: {arch}: {exc}") from None
         try:
             train = TrainConfig.model_validate({**self.train.model_dump(), **override.train})
         except ValidationError as exc:
             raise ValueError("; ".join(f"variants.{name}.train.{_describe(e)}" for e in exc.errors())) from None
-        if train.loss not in TASK_LOSSES["regression"]:
+        if train.loss not in _task("regression").losses:
             raise ValueError(f"variants.{name}.train.loss: a study fits a regression; use 'mse'")
         return arch, args, train
 
@@ -318,7 +350,7 @@ class Params(Strict):
     fetch: FetchConfig = FetchConfig()
     synth: SynthConfig = SynthConfig()
     mlflow: MlflowConfig = MlflowConfig()
-    registry: dict[Task, RegistryRule] = DEFAULT_REGISTRY
+    registry: dict[str, RegistryRule] = Field(default_factory=default_registry)
     models: dict[str, ModelConfig]
     # The course's studies: each a DVC stage of the same name, optional so a profile may leave them out.
     gd_variants: StudyConfig | None = None
@@ -340,6 +372,13 @@ class Params(Strict):
             if model.data.partition("/")[0] == SYNTHETIC_DIR and model.data.rstrip("/") not in known:
                 raise ValueError(f"models.{name}.data: '{model.data}' is not a synth set; known: {', '.join(known)}")
         return self
+
+    @field_validator("registry")
+    @classmethod
+    def _known_tasks(cls, registry: dict[str, RegistryRule]) -> dict[str, RegistryRule]:
+        for name in registry:
+            _known_task(name)
+        return registry
 
     @model_validator(mode="after")
     def _every_task_ranked(self) -> Params:
@@ -387,12 +426,30 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError("\n".join(lines)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, source=str(path))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    return parse_params(_read_yaml(path), source=str(path))
+
+
+def load_section(path: str | Path, section: Literal["fetch", "synth"]) -> FetchConfig | SynthConfig:
+    """One section, validated alone, for the stages that read nothing else (dvc.yaml gives them only it as params):
+    they need not load the model zoo and torch to check `models`."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: not a mapping of sections")
+    schema = {"fetch": FetchConfig, "synth": SynthConfig}[section]
+    try:
+        return schema.model_validate(raw.get(section) or {})
+    except ValidationError as exc:
+        lines = [f"{path}: {_describe({**error, 'loc': (section, *error['loc'])})}" for error in exc.errors()]
+        raise ParamsError("\n".join(lines)) from None

@@ -6,19 +6,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dltorch.io import atomic_path  # noqa: E402
+from dltorch.io import atomic_path
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], layout: str | None = None,
+              **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure outside pyplot: no backend to choose, no display needed (servers, CI), nothing global to close;
+    savefig renders PNG with Agg when it draws."""
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
     return path
 
 
@@ -26,7 +30,7 @@ def training_curves(history: list[dict[str, Any]], title: str, path: Path) -> Pa
     """Loss and every score per epoch, train against validation."""
     epochs = [row["epoch"] for row in history]
     scores = sorted({key.split("_", 1)[1] for key in history[0] if key.startswith("train_")})
-    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.6), squeeze=False)
+    fig, axes = _subplots(1, len(scores), figsize=(5 * len(scores), 3.6), squeeze=False)
     for ax, score in zip(axes[0], scores, strict=True):
         for split in ("train", "val"):
             key = f"{split}_{score}"
@@ -42,7 +46,7 @@ def training_curves(history: list[dict[str, Any]], title: str, path: Path) -> Pa
 
 def confusion_matrix(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
     matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    fig, ax = _subplots(figsize=(7.5, 6.5))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title=title)
@@ -59,7 +63,7 @@ def prediction_grid(images: np.ndarray, predicted: np.ndarray, true: np.ndarray,
                     title: str, path: Path, columns: int = 8) -> Path:
     """Test images with predicted / true labels; mistakes in red."""
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    fig, axes = _subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, pred, label in zip(axes.flat, images, predicted, true, strict=False):
@@ -78,7 +82,7 @@ def _spans_decades(values: list[float]) -> bool:
 def fit_over_points(points: dict[str, tuple[np.ndarray, np.ndarray]], lines: dict[str, Any], title: str,
                     path: Path) -> Path:
     """Scattered (x, y) sets with fitted curves over them; `lines` maps a label to a function of x."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = _subplots(figsize=(6, 4.2))
     for label, (x, y) in points.items():
         ax.scatter(x, y, s=14, alpha=0.7, label=f"{label} points")
     low = min(float(np.min(x)) for x, _ in points.values())
@@ -94,7 +98,7 @@ def fit_over_points(points: dict[str, tuple[np.ndarray, np.ndarray]], lines: dic
 
 def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> Path:
     """A regression's counterpart of the confusion matrix: predictions against truth, the diagonal is perfect."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    fig, ax = _subplots(figsize=(4.8, 4.5))
     ax.scatter(actual, predicted, s=16)
     low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
     ax.plot([low, high], [low, high], "k--", linewidth=1, label="predicted = actual")
@@ -118,7 +122,7 @@ class Panel:
 
 def panels(items: list[Panel], title: str, path: Path) -> Path:
     """Panels side by side, each with title, axis labels and a legend."""
-    fig, axes = plt.subplots(1, len(items), figsize=(5 * len(items), 3.9), squeeze=False)
+    fig, axes = _subplots(1, len(items), figsize=(5 * len(items), 3.9), squeeze=False)
     for ax, panel in zip(axes[0], items, strict=True):
         for label, (x, y) in panel.points.items():
             ax.scatter(x, y, s=14, alpha=0.7, label=label)
@@ -139,7 +143,7 @@ def forecasts(history: np.ndarray, truth: np.ndarray, lines: dict[str, np.ndarra
     """A few windows: the steps the model read, then the true continuation against each forecast.
     history (N, window), truth (N, horizon), lines: label -> (N, horizon) forecasts."""
     rows = -(-len(history) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows), squeeze=False, layout="constrained")
+    fig, axes = _subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     window = history.shape[1]
@@ -163,7 +167,7 @@ def mask_overlays(images: np.ndarray, true_masks: np.ndarray, predicted: np.ndar
     """Images (N, 3, H, W) in [0, 1] with the true mask's outline in green and the predicted mask tinted red;
     each panel's title is the image's Dice."""
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    fig, axes = _subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, truth, pred in zip(axes.flat, images, true_masks, predicted, strict=False):

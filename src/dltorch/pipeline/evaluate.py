@@ -9,7 +9,7 @@ from dltorch.bundle import load_model
 from dltorch.config import TrainConfig
 from dltorch.io import read_json, write_json
 from dltorch.pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
-from dltorch.tasks import get_task
+from dltorch.tasks import Evaluation, get_task
 
 
 def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
@@ -19,8 +19,8 @@ def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
     test = task.load_test(raw_root, bundle.dataset, settings=TrainConfig.model_validate(train_cfg))
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
-    metrics, figures = task.report(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,
-                                   read_json(model_dir / HISTORY_FILE), out_dir)
+    metrics, figures = task.report(Evaluation(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,
+                                              read_json(model_dir / HISTORY_FILE), out_dir))
     write_json(out_dir / "metrics.json", metrics)
     run = read_json(model_dir / RUN_FILE)
     with tracking.model_run(run["experiment"], bundle.name, f"evaluate@{bundle.name}", run_id=run["run_id"]):

@@ -47,11 +47,11 @@ def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, 
     run = read_json(model_dir / RUN_FILE)
     with tracking.model_run(run["experiment"], bundle.name, f"export@{bundle.name}", run_id=run["run_id"]):
         with atomic_path(onnx_path) as candidate:
-            export_onnx(model, tuple(bundle.inputs["in_shape"]), candidate, opset, task.INPUT_NAME, task.OUTPUT_NAME,
-                        task.DYNAMIC_AXES)
+            export_onnx(model, tuple(bundle.inputs["in_shape"]), candidate, opset, task.input_name, task.output_name,
+                        task.dynamic_axes)
             report = {"model": bundle.name, "opset": opset, **check_parity(
                 candidate, model, test.inputs, test.targets, atol, batch_size, task.parity_checks,
-                other_shape=task.other_shape(test))}
+                other_shape=task.other_shape(test) if task.other_shape else None)}
             write_json(report_path, report)
             tracking.log_artifacts([report_path], "export")
             tracking.log_metrics({"parity_passed": int(report["passed"]),

@@ -60,11 +60,11 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
             with tracking.epoch_logger() if main else nullcontext(None) as log_epoch:
                 history = engine.fit(
                     model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores,
-                    train_data, val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
+                    train_data, val_data, cfg.train, checkpoint, fingerprint, monitor=task.monitor, resume=resume,
                     extra={"run_id": run.info.run_id} if main else None, on_epoch=log_epoch,
                 )
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
-            history = task.train_by_hand(cfg.train.trainer, model, raw_root, cfg.train)
+            history = task.trainers[cfg.train.trainer](model, raw_root, cfg.train)
             tracking.log_history(history)
             save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
                                     "fingerprint": fingerprint, "extra": {"run_id": run.info.run_id}})

@@ -18,7 +18,7 @@ from dltorch.data.images import TensorData
 from dltorch.data.synthetic import read_set
 from dltorch.io import atomic_path, write_json
 from dltorch.models import create
-from dltorch.tasks import regression
+from dltorch.tasks.regression import TASK as regression
 
 FIGURE_FILE = "comparison.png"
 METRICS_FILE = "metrics.json"

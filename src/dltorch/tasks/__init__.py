@@ -1,14 +1,6 @@
-"""Tasks differ in data, loss, metrics and export spec; the training loop is shared (engine.py)."""
+"""Tasks differ in data, loss, metrics and export spec; the training loop is shared (engine.py). Importing this
+package is light: the implementations (and torch) load on the first `get_task` or `names`."""
 
-from __future__ import annotations
+from dltorch.tasks.registry import Evaluation, Task, get_task, names, register_task
 
-from importlib import import_module
-from types import ModuleType
-
-TASKS = ("classification", "regression", "sequence", "segmentation")
-
-
-def get_task(name: str) -> ModuleType:
-    if name not in TASKS:
-        raise ValueError(f"unknown task '{name}'; known: {', '.join(TASKS)}")
-    return import_module(f"dltorch.tasks.{name}")
+__all__ = ["Evaluation", "Task", "get_task", "names", "register_task"]

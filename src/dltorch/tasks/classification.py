@@ -14,11 +14,8 @@ from dltorch import plots
 from dltorch.config import TrainConfig
 from dltorch.data.images import CLASSES, TensorData, channel_stats, load_split, split_validation
 from dltorch.io import atomic_path
+from dltorch.tasks.registry import Evaluation, Task, register_task
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "logits"
-MONITOR = ("val_accuracy", "max")  # picks the best epoch and drives early stopping
-DYNAMIC_AXES = {0: ("batch", 1)}  # any batch; every other axis is the example's
 GRID_SIZE = 32
 
 
@@ -57,16 +54,9 @@ def model_inputs(train: TensorData, dataset: str) -> dict:
     return {"in_shape": tuple(train.inputs.shape[1:]), "num_classes": len(CLASSES[dataset]), "mean": mean, "std": std}
 
 
-def make_loss(name: str, label_smoothing: float = 0.0):
-    if name == "cross_entropy":
-        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    if name == "mse_onehot":
-        # The course's first classifier: regress the one-hot vector of the label.
-        def mse_onehot(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return F.mse_loss(logits, F.one_hot(targets, logits.shape[1]).to(logits.dtype))
-
-        return mse_onehot
-    raise ValueError(f"unknown loss '{name}'; known: cross_entropy, mse_onehot")
+def mse_onehot(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The course's first classifier: regress the one-hot vector of the label."""
+    return F.mse_loss(logits, F.one_hot(targets, logits.shape[1]).to(logits.dtype))
 
 
 def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -101,15 +91,15 @@ def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray)
     return checks, {"torch_accuracy": torch_acc, "onnx_accuracy": onnx_acc}
 
 
-def report(model: nn.Module, logits: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
-           name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
+def report(run: Evaluation) -> tuple[dict, list[Path]]:
     """Test metrics, the figures, and a per-image CSV for `dvc plots`' confusion template."""
-    summary = summarize(logits, test.targets, loss, dataset)
-    classes = CLASSES[dataset]
-    predicted = logits.argmax(1)
+    test, name, out_dir = run.test, run.name, run.out_dir
+    summary = summarize(run.outputs, test.targets, run.loss, run.dataset)
+    classes = CLASSES[run.dataset]
+    predicted = run.outputs.argmax(1)
     shown = slice(0, GRID_SIZE)
     figures = [
-        plots.training_curves(history, name, out_dir / "curves.png"),
+        plots.training_curves(run.history, name, out_dir / "curves.png"),
         plots.confusion_matrix(summary["confusion"], classes, f"{name}: test confusion", out_dir / "confusion.png"),
         plots.prediction_grid(test.inputs[shown].numpy(), predicted[shown].numpy(), test.targets[shown].numpy(),
                               classes, name, out_dir / "predictions.png"),
@@ -127,11 +117,18 @@ def _write_predictions(path: Path, targets: list[int], predicted: list[int], cla
         writer.writerows((classes[t], classes[p]) for t, p in zip(targets, predicted, strict=True))
 
 
-def other_shape(test: TensorData) -> None:
-    """No second input shape to check: only the batch axis is dynamic (parity runs at a second batch size)."""
-    return None
-
-
 def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """Test metrics of onnxruntime outputs, keyed as in evaluate's metrics.json (the int8 gate compares these)."""
     return {"test_accuracy": float((outputs.argmax(1) == targets).mean())}
+
+
+TASK = register_task(Task(
+    name="classification", input_name="pixels", output_name="logits",
+    monitor=("val_accuracy", "max"),  # picks the best epoch and drives early stopping
+    ranking=("test_accuracy", "max"),
+    dynamic_axes={0: ("batch", 1)},  # any batch; every other axis is the example's
+    losses={"cross_entropy": lambda smoothing: nn.CrossEntropyLoss(label_smoothing=smoothing),
+            "mse_onehot": lambda smoothing: mse_onehot},
+    load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,
+    parity_checks=parity_checks, onnx_metrics=onnx_metrics, report=report, dataset_name=dataset_name, wrap=wrap,
+))

@@ -16,15 +16,7 @@ from dltorch.data.images import TensorData, split_validation
 from dltorch.data.synthetic import read_set
 from dltorch.errors import DataError, ParamsError
 from dltorch.io import atomic_path
-
-INPUT_NAME = "x"
-OUTPUT_NAME = "y"
-MONITOR = ("val_loss", "min")
-DYNAMIC_AXES = {0: ("batch", 1)}  # any batch; every other axis is the example's
-
-
-def dataset_name(data: Path, fetched: str) -> str:
-    return data.stem  # the synthetic set's name
+from dltorch.tasks.registry import Evaluation, Task, register_task
 
 
 def _part(data: Path, split: str) -> TensorData:
@@ -48,16 +40,6 @@ def model_inputs(train: TensorData, dataset: str) -> dict:
     return {"in_shape": (1,), "num_classes": 1}  # one x in, one y out
 
 
-def wrap(net: nn.Module, inputs: dict) -> nn.Module:
-    return net  # raw x in, so a linear model's weight and bias are the line's w and b
-
-
-def make_loss(name: str, label_smoothing: float = 0.0):
-    if name == "mse":
-        return nn.MSELoss()
-    raise ValueError(f"unknown loss '{name}'; known: mse")
-
-
 def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     return {}  # the loss (MSE) is the score
 
@@ -68,22 +50,35 @@ def single_linear(model: nn.Module) -> nn.Linear | None:
     return linear[0] if len(linear) == 1 and linear[0].weight.shape == (1, 1) else None
 
 
-def train_by_hand(trainer: str, model: nn.Module, data: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The course's hand-written loops (linreg.py); the fitted w and b are written into the model's Linear."""
+def _line_of(model: nn.Module, trainer: str) -> nn.Linear:
     linear = single_linear(model)
     if linear is None:
         raise ParamsError(f"train.trainer '{trainer}' fits a line: the model must be one Linear layer 1 -> 1")
+    return linear
+
+
+@torch.no_grad()
+def _set_line(linear: nn.Linear, w: float, b: float) -> None:
+    linear.weight.fill_(w)
+    linear.bias.fill_(b)
+
+
+def numpy_gd(model: nn.Module, data: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The course's NumPy gradient descent (linreg.py); the fitted w and b are written into the model's Linear."""
+    linear = _line_of(model, "numpy_gd")
     x, y = read_set(data).part("train")
-    if trainer == "numpy_gd":
-        w, b, history = linreg.numpy_gd(x, y, cfg.lr, cfg.epochs)
-    elif trainer == "manual_autograd":
-        column = lambda a: torch.from_numpy(a).float().unsqueeze(1)  # noqa: E731
-        w, b, history = linreg.manual_autograd(column(x), column(y), cfg.lr, cfg.epochs, cfg.seed)
-    else:
-        raise ValueError(f"unknown trainer '{trainer}'; known: numpy_gd, manual_autograd")
-    with torch.no_grad():
-        linear.weight.fill_(w)
-        linear.bias.fill_(b)
+    w, b, history = linreg.numpy_gd(x, y, cfg.lr, cfg.epochs)
+    _set_line(linear, w, b)
+    return history
+
+
+def manual_autograd(model: nn.Module, data: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The course's autograd loop with a hand-written update (linreg.py), written into the model's Linear."""
+    linear = _line_of(model, "manual_autograd")
+    x, y = read_set(data).part("train")
+    column = lambda a: torch.from_numpy(a).float().unsqueeze(1)  # noqa: E731
+    w, b, history = linreg.manual_autograd(column(x), column(y), cfg.lr, cfg.epochs, cfg.seed)
+    _set_line(linear, w, b)
     return history
 
 
@@ -97,11 +92,6 @@ def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray)
     return checks, {"torch_mse": torch_mse, "onnx_mse": onnx_mse}
 
 
-def other_shape(test: TensorData) -> None:
-    """No second input shape to check: only the batch axis is dynamic (parity runs at a second batch size)."""
-    return None
-
-
 @torch.no_grad()
 def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """Test metrics of onnxruntime outputs, keyed as in evaluate's metrics.json (the int8 gate compares these)."""
@@ -109,9 +99,10 @@ def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
-           name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
+def report(run: Evaluation) -> tuple[dict, list[Path]]:
     """Train and test MSE; for a line also w, b and the closed-form least-squares w, b of the training rows."""
+    model, test, loss, name, out_dir = run.model, run.test, run.loss, run.name, run.out_dir
+    data = run.data
     x_train, y_train = read_set(data).part("train")
     train_pred = model(torch.from_numpy(x_train).float().unsqueeze(1)).squeeze(1).double().numpy()
     metrics: dict[str, Any] = {"train_mse": float(np.mean((train_pred - y_train) ** 2)), "test_mse": loss}
@@ -122,9 +113,9 @@ def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: floa
         metrics.update(w=linear.weight.item(), b=linear.bias.item(), closed_form_w=w_ls, closed_form_b=b_ls)
         lines["least squares"] = lambda xs: w_ls * xs + b_ls
     x_test, y_test = test.inputs.squeeze(1).numpy(), test.targets.squeeze(1).numpy()
-    predicted = outputs.squeeze(1).numpy()
+    predicted = run.outputs.squeeze(1).numpy()
     figures = [
-        plots.training_curves(history, name, out_dir / "curves.png"),
+        plots.training_curves(run.history, name, out_dir / "curves.png"),
         plots.fit_over_points({"train": (x_train, y_train), "test": (x_test, y_test)}, lines,
                               f"{name}: fit (test MSE {loss:.4g})", out_dir / "predictions.png"),
         plots.predicted_vs_actual(y_test, predicted, f"{name}: test predicted vs actual", out_dir / "confusion.png"),
@@ -138,3 +129,13 @@ def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) ->
         writer = csv.writer(handle)
         writer.writerow(["actual", "predicted"])
         writer.writerows((repr(float(a)), repr(float(p))) for a, p in zip(actual, predicted, strict=True))
+
+
+TASK = register_task(Task(
+    name="regression", input_name="x", output_name="y", monitor=("val_loss", "min"), ranking=("test_mse", "min"),
+    dynamic_axes={0: ("batch", 1)},  # any batch; every other axis is the example's
+    losses={"mse": lambda smoothing: nn.MSELoss()},
+    load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,
+    parity_checks=parity_checks, onnx_metrics=onnx_metrics, report=report,
+    trainers={"numpy_gd": numpy_gd, "manual_autograd": manual_autograd},
+))  # wrap: none, raw x in, so a linear model's weight and bias are the line's w and b

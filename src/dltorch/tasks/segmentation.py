@@ -20,19 +20,12 @@ from dltorch.data.shapes import IMAGES, MASKS
 from dltorch.data.streamed import StreamedData
 from dltorch.errors import DataError, ParamsError
 from dltorch.io import atomic_path
+from dltorch.tasks.registry import Evaluation, Task, register_task
 
-INPUT_NAME = "pixels"  # (N, 3, H, W) RGB in [0, 1], H and W multiples of 16
-OUTPUT_NAME = "logits"  # (N, 1, H, W); the mask is logits > 0 (probability > 0.5)
-MONITOR = ("val_dice", "max")
-DYNAMIC_AXES = {0: ("batch", 1), 2: ("height", SIDE_MULTIPLE), 3: ("width", SIDE_MULTIPLE)}
 GOAL_DICE = 0.95
 MIN_IOU_PARITY = 0.999  # ONNX's masks against torch's: intersection over union, all pixels pooled
 OVERLAYS = 8
 CLASSES = ["background", "foreground"]
-
-
-def dataset_name(data: Path, fetched: str) -> str:
-    return data.name  # the set's folder
 
 
 def _image_size(settings: TrainConfig | None) -> tuple[int, int]:
@@ -72,10 +65,6 @@ def model_inputs(train: StreamedData, dataset: str) -> dict:
     return {"in_shape": tuple(train.sample_shape), "num_classes": 1}  # one channel of logits: the foreground
 
 
-def wrap(net: nn.Module, inputs: dict) -> nn.Module:
-    return net  # pixels in [0, 1], as the course's Normalize(mean 0, std 1) leaves them; BatchNorm does the rest
-
-
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1 - soft Dice of each image, averaged: overlap of probabilities with the mask, smoothed by 1."""
     probs = torch.sigmoid(logits.float()).flatten(1)
@@ -84,16 +73,9 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * overlap + 1) / (probs.sum(1) + targets.sum(1) + 1)).mean()
 
 
-def make_loss(name: str, label_smoothing: float = 0.0):
-    bce = nn.BCEWithLogitsLoss()
-    if name == "bce":
-        return bce
-    if name == "bce_dice":  # BCE drives every pixel; Dice weighs the foreground as a whole, however small
-        def bce_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return bce(logits, targets) + dice_loss(logits, targets)
-
-        return bce_dice
-    raise ValueError(f"unknown loss '{name}'; known: bce, bce_dice")
+def bce_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE drives every pixel; Dice weighs the foreground as a whole, however small."""
+    return F.binary_cross_entropy_with_logits(logits, targets) + dice_loss(logits, targets)
 
 
 def mask_scores(predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -144,11 +126,11 @@ def other_shape(test: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
-           name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
+def report(run: Evaluation) -> tuple[dict, list[Path]]:
     """Pixel accuracy, Dice and IoU (means over the val/ images), the loss, the goal; overlays and a pixel
     confusion matrix."""
-    predicted, truth = outputs > 0, test.targets > 0.5
+    test, loss, name, out_dir = run.test, run.loss, run.name, run.out_dir
+    predicted, truth = run.outputs > 0, test.targets > 0.5
     scores = {key: value.mean().item() for key, value in mask_scores(predicted, truth).items()}
     confusion = [[int((~truth & ~predicted).sum()), int((~truth & predicted).sum())],
                  [int((truth & ~predicted).sum()), int((truth & predicted).sum())]]
@@ -156,7 +138,7 @@ def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: floa
                                "goal_dice": GOAL_DICE, "goal_met": scores["dice"] >= GOAL_DICE}
     shown = slice(0, OVERLAYS)
     figures = [
-        plots.training_curves(history, name, out_dir / "curves.png"),
+        plots.training_curves(run.history, name, out_dir / "curves.png"),
         plots.mask_overlays(test.inputs[shown].numpy(), truth[shown, 0].numpy(), predicted[shown, 0].numpy(),
                             f"{name}: validation (Dice {scores['dice']:.4f})", out_dir / "predictions.png"),
         plots.confusion_matrix(confusion, CLASSES, f"{name}: validation pixels", out_dir / "confusion.png"),
@@ -173,3 +155,15 @@ def _write_predictions(path: Path, truth: torch.Tensor, predicted: torch.Tensor)
         writer.writerow(["image", "actual", "predicted"])
         writer.writerows((i, f"{a:.6g}", f"{p:.6g}") for i, (a, p) in enumerate(zip(actual.tolist(),
                                                                                    guessed.tolist(), strict=True)))
+
+
+TASK = register_task(Task(
+    name="segmentation",
+    input_name="pixels",  # (N, 3, H, W) RGB in [0, 1], H and W multiples of 16
+    output_name="logits",  # (N, 1, H, W); the mask is logits > 0 (probability > 0.5)
+    monitor=("val_dice", "max"), ranking=("dice", "max"),
+    dynamic_axes={0: ("batch", 1), 2: ("height", SIDE_MULTIPLE), 3: ("width", SIDE_MULTIPLE)},
+    losses={"bce": lambda smoothing: nn.BCEWithLogitsLoss(), "bce_dice": lambda smoothing: bce_dice},
+    load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,
+    parity_checks=parity_checks, onnx_metrics=onnx_metrics, report=report, other_shape=other_shape,
+))  # wrap: none, pixels in [0, 1] as the course's Normalize(mean 0, std 1) leaves them; BatchNorm does the rest

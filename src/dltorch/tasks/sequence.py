@@ -16,18 +16,10 @@ from dltorch.data import sequences
 from dltorch.data.images import TensorData
 from dltorch.errors import DataError
 from dltorch.io import atomic_path
+from dltorch.tasks.registry import Evaluation, Task, register_task
 
-INPUT_NAME = "window"
-OUTPUT_NAME = "forecast"
-MONITOR = ("val_loss", "min")
-# Any batch and any window length: the recurrent net reads as many steps as it is given.
-DYNAMIC_AXES = {0: ("batch", 1), 1: ("steps", 1)}
 GOAL_RATIO = 0.2  # the goal: the model's test MSE at most this fraction of the last-value baseline's
 PLOTTED_WINDOWS = 6
-
-
-def dataset_name(data: Path, fetched: str) -> str:
-    return data.name  # the set's folder
 
 
 def _windows(data: Path, split: str) -> TensorData:
@@ -59,16 +51,6 @@ def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> 
 def model_inputs(train: TensorData, dataset: str) -> dict:
     steps, features = train.inputs.shape[1:]
     return {"in_shape": (steps, features), "num_classes": train.targets.shape[1]}  # classes: the horizon
-
-
-def wrap(net: nn.Module, inputs: dict) -> nn.Module:
-    return net  # the series' own scale in and out: sums of unit-order sines need no normalization
-
-
-def make_loss(name: str, label_smoothing: float = 0.0):
-    if name == "mse":
-        return nn.MSELoss()
-    raise ValueError(f"unknown loss '{name}'; known: mse")
 
 
 def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -108,11 +90,10 @@ def other_shape(test: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: float, data: Path, dataset: str,
-           name: str, history: list[dict], out_dir: Path) -> tuple[dict, list[Path]]:
+def report(run: Evaluation) -> tuple[dict, list[Path]]:
     """Test MSE and MAE, both baselines' MSE on the same windows and the model's ratio to each, the goal."""
-    spec = sequences.read(data).spec
-    inputs, targets, predicted = test.inputs.squeeze(-1).numpy(), test.targets.numpy(), outputs.numpy()
+    spec, name, out_dir = sequences.read(run.data).spec, run.name, run.out_dir
+    inputs, targets, predicted = run.test.inputs.squeeze(-1).numpy(), run.test.targets.numpy(), run.outputs.numpy()
     guesses = baselines(inputs, spec.horizon, spec.moving_average)
     mse = _mse(predicted, targets)
     metrics: dict[str, Any] = {"test_mse": mse, "test_mae": float(np.mean(np.abs(predicted - targets))),
@@ -125,7 +106,7 @@ def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: floa
     shown = np.linspace(0, len(targets) - 1, PLOTTED_WINDOWS).astype(int)
     lines = {name: predicted[shown], **{label.replace("_", " "): f[shown] for label, f in guesses.items()}}
     figures = [
-        plots.training_curves(history, name, out_dir / "curves.png"),
+        plots.training_curves(run.history, name, out_dir / "curves.png"),
         plots.forecasts(inputs[shown], targets[shown], lines,
                         f"{name}: test forecasts (MSE {mse:.4g}, {metrics['mse_ratio_last_value']:.3f} x last value)",
                         out_dir / "predictions.png"),
@@ -144,3 +125,14 @@ def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) ->
         for index, (truth, forecast) in enumerate(zip(actual, predicted, strict=True)):
             writer.writerows((index, step + 1, f"{float(a):.6g}", f"{float(p):.6g}")
                              for step, (a, p) in enumerate(zip(truth, forecast, strict=True)))
+
+
+TASK = register_task(Task(
+    name="sequence", input_name="window", output_name="forecast", monitor=("val_loss", "min"),
+    ranking=("test_mse", "min"),
+    # Any batch and any window length: the recurrent net reads as many steps as it is given.
+    dynamic_axes={0: ("batch", 1), 1: ("steps", 1)},
+    losses={"mse": lambda smoothing: nn.MSELoss()},
+    load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,
+    parity_checks=parity_checks, onnx_metrics=onnx_metrics, report=report, other_shape=other_shape,
+))  # wrap: none, the series' own scale in and out: sums of unit-order sines need no normalization

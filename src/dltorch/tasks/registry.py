@@ -1,0 +1,102 @@
+"""Tasks are registered by name, as models are: a task is one typed `Task` object (data, loss, metrics, export
+spec). This module imports no torch: the implementations register themselves when `dltorch.tasks` loads them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from dltorch.config import TrainConfig
+    from dltorch.data.images import TensorData
+
+# The implementations, one module each under dltorch/tasks/; importing one registers its task.
+TASK_MODULES = ("classification", "regression", "sequence", "segmentation")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a task's report reads: the trained model, its test outputs and loss, and where figures go."""
+
+    model: nn.Module
+    outputs: torch.Tensor
+    test: TensorData
+    loss: float
+    data: Path  # the data the model read (data/<its data:>)
+    dataset: str
+    name: str
+    history: list[dict[str, Any]]
+    out_dir: Path
+
+
+def _data_stem(data: Path, fetched: str) -> str:
+    return data.stem  # a synthetic set's name: line for line.csv, sequences for the sequences/ folder
+
+
+def _unchanged(net: nn.Module, inputs: dict[str, Any]) -> nn.Module:
+    return net
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything the pipeline asks of a task. Fields without a default are what every task must supply."""
+
+    name: str
+    input_name: str  # the ONNX graph's input and output names
+    output_name: str
+    monitor: tuple[str, Literal["max", "min"]]  # the validation score that picks the best epoch, and its direction
+    ranking: tuple[str, Literal["max", "min"]]  # the metrics.json key the model registry ranks versions by
+    dynamic_axes: dict[int, tuple[str, int]]  # axis -> (name, the multiple its size must be)
+    losses: dict[str, Callable[[float], Callable[..., Any]]]  # params' train.loss -> factory(label_smoothing)
+    load_train_val: Callable[..., tuple[Any, TensorData | None]]  # (data, dataset, val_size, seed, settings)
+    load_test: Callable[..., TensorData]  # (data, dataset, settings)
+    model_inputs: Callable[[Any, str], dict[str, Any]]  # what the architecture builder is told: in_shape, ...
+    batch_scores: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    parity_checks: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[dict, dict]]
+    onnx_metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    report: Callable[[Evaluation], tuple[dict[str, Any], list[Path]]]
+    dataset_name: Callable[[Path, str], str] = _data_stem
+    wrap: Callable[[nn.Module, dict[str, Any]], nn.Module] = _unchanged  # e.g. normalization in the graph
+    # Samples (inputs, targets) at a size other than the export example's, where more than the batch axis is dynamic.
+    other_shape: Callable[[TensorData], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The course's hand-written training loops, by params' train.trainer (only regression has them).
+    trainers: dict[str, Callable[[nn.Module, Path, TrainConfig], list[dict[str, Any]]]] = field(default_factory=dict)
+
+    def make_loss(self, name: str, label_smoothing: float = 0.0) -> Callable[..., Any]:
+        if name not in self.losses:
+            raise ValueError(f"unknown {self.name} loss '{name}'; known: {', '.join(self.losses)}")
+        return self.losses[name](label_smoothing)
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in _TASKS:
+        raise ValueError(f"task '{task.name}' is registered twice")
+    _TASKS[task.name] = task
+    return task
+
+
+def _load_all() -> None:
+    for module in TASK_MODULES:
+        import_module(f"dltorch.tasks.{module}")
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    _load_all()
+    if name not in _TASKS:
+        raise ValueError(f"unknown task '{name}'; known: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
