@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from dltorch.config import load_params
+from dltorch.config import load_section
 from dltorch.data.fetch import fetch_dataset
 from dltorch.entry import run_stage
 
@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="root folder of the raw data")
     args = parser.parse_args()
-    fetch = load_params(args.params).fetch
+    fetch = load_section(args.params, "fetch")
     folder = fetch_dataset(fetch.dataset, fetch.source_dir, fetch.download, args.out)
     print(f"{fetch.dataset}: verified IDX files in {folder}")
 

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from dltorch.config import SynthConfig, load_params
+from dltorch.config import SynthConfig, load_section
 from dltorch.data.synthetic import write_sets
 from dltorch.entry import run_stage
 
@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="folder for the <set>.csv files")
     args = parser.parse_args()
-    digests = write_sets(load_params(args.params).synth, args.out)
+    digests = write_sets(load_section(args.params, "synth"), args.out)
     for name, digest in digests.items():
         print(f"{args.out / Path(SynthConfig.path(name)).name}  sha256 {digest}")
 
