@@ -96,7 +96,9 @@ def names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    _load_all()
+    """Loads only the named task's module (a stage runs its own task's code, as dvc.yaml's deps say)."""
+    if name not in _TASKS and name in TASK_MODULES:
+        import_module(f"dltorch.tasks.{name}")
     if name not in _TASKS:
-        raise ValueError(f"unknown task '{name}'; known: {', '.join(sorted(_TASKS))}")
+        raise ValueError(f"unknown task '{name}'; known: {', '.join(names())}")
     return _TASKS[name]
