@@ -46,7 +46,9 @@ def test_uncompressed_local_copy_works_too(tmp_path, tiny_source, tiny_checksums
     for gz in tiny_source.glob("*.gz"):
         gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
         gz.unlink()
-    fetch_dataset("fashion_mnist", tiny_source, download=False, out_root=tmp_path / "raw")
+    folder = fetch_dataset("fashion_mnist", tiny_source, download=False, out_root=tmp_path / "raw")
+    for name, data in tiny_idx_files().items():
+        assert (folder / name).read_bytes() == data  # copied as they are, not decompressed again
 
 
 def test_corrupt_file_names_the_file_and_the_expected_sum(tmp_path, tiny_source, tiny_checksums):

@@ -98,11 +98,15 @@ def test_unknown_model_and_missing_onnx_are_usage_errors(tmp_path: Path, setup: 
     assert "none.onnx: no exported model" in capsys.readouterr().err
 
 
-def test_the_console_script_entry_point_runs(tmp_path: Path, setup: dict):
+def test_the_installed_console_script_prints_what_main_prints(tmp_path: Path, setup: dict, capsys):
+    """`dltorch` as pip installed it (pyproject's [project.scripts]), run as a user runs it."""
     image = _as_photo(setup["test"].inputs[1, 0].numpy(), tmp_path / "photo.jpg")
-    result = subprocess.run([sys.executable, "-c", "import sys; from dltorch.cli import main; sys.exit(main())",
-                             "predict", "--model", "mlp", "--json", str(image)], capture_output=True, text=True,
-                            env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    script = Path(sys.executable).parent / "dltorch"
+    result = subprocess.run([str(script), "predict", "--model", "mlp", "--json", str(image)], capture_output=True,
+                            text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert main(["predict", "--model", "mlp", "--json", str(image)]) == 0
+    in_process = json.loads(capsys.readouterr().out)["predictions"][0]["top"]
     top = json.loads(result.stdout)["predictions"][0]["top"]
-    assert len(top) == 3 and sum(row["probability"] for row in top) <= 1.0 + 1e-6
+    assert [row["class"] for row in top] == [row["class"] for row in in_process] and len(top) == 3
+    assert [row["probability"] for row in top] == pytest.approx([row["probability"] for row in in_process])
