@@ -11,10 +11,7 @@ from dltorch import augment, engine
 from dltorch.bundle import build_model
 from dltorch.config import TrainConfig
 from dltorch.tasks import classification
-
-
-class Interrupted(Exception):
-    pass
+from tests.helpers import assert_same_weights, interrupt_and_resume
 
 
 def _setup(raw_root: Path, cfg: TrainConfig):
@@ -44,22 +41,11 @@ def test_training_learns_and_is_repeatable(raw_root, tmp_path):
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(raw_root, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.01, val_size=40)
-    uninterrupted, full_history = _fit(raw_root, cfg, tmp_path / "full.pt")
-
-    def stop_after_first_epoch(record):
-        if record["epoch"] == 1:
-            raise Interrupted
-
-    checkpoint = tmp_path / "ckpt.pt"
-    with pytest.raises(Interrupted):
-        _fit(raw_root, cfg, checkpoint, on_epoch=stop_after_first_epoch)
-    state = engine.load_checkpoint(checkpoint, "fp")
-    assert state is not None and state["epoch"] == 1
-    resumed, history = _fit(raw_root, cfg, checkpoint, resume=state)
-    assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert history[-1]["train_loss"] == full_history[-1]["train_loss"]
-    for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    run = interrupt_and_resume(lambda checkpoint, **kw: _fit(raw_root, cfg, checkpoint, **kw), tmp_path)
+    assert run.state["epoch"] == 1
+    assert [row["epoch"] for row in run.history] == [1, 2, 3]
+    assert run.history[-1]["train_loss"] == run.full_history[-1]["train_loss"]
+    assert_same_weights(run.uninterrupted, run.resumed)
 
 
 def test_checkpoint_for_other_params_or_a_torn_file_is_ignored(raw_root, tmp_path):

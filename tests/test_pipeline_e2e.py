@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import onnxruntime
 import pytest
+import torchvision
 import yaml
 from mlflow.tracking import MlflowClient
 
 from dltorch.config import STUDIES, load_params
-from tests.conftest import REPO, TINY_SEQUENCES, TINY_SHAPES
+from dltorch.data.synthetic import read_set
+from tests.conftest import TINY_SEQUENCES, TINY_SHAPES
+from tests.helpers import copy_repo, dvc
 from tests.test_studies import shrunk_study
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _copy_repo(dest: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file() and name != "dvc.lock":  # a fresh pipeline: no record of earlier runs
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(command, cwd=dest, check=True)
 
 
 def _shrink_params(repo: Path) -> None:
@@ -60,13 +49,13 @@ def raw_study_variants(repo: Path, study: str) -> list[str]:
     return list(yaml.safe_load((repo / "params.yaml").read_text())[study]["variants"])
 
 
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
+def _onnx_accuracy(path: Path, raw_root: Path) -> float:
+    """Test accuracy of an ONNX classifier, read by torchvision's own Fashion-MNIST reader and onnxruntime."""
+    test = torchvision.datasets.FashionMNIST(str(raw_root), train=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pixels = (test.data.numpy()[:, None] / 255.0).astype(np.float32)
+    logits = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    return float((logits.argmax(1) == test.targets.numpy()).mean())
 
 
 @pytest.mark.slow
@@ -74,15 +63,18 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), (
         "the end-to-end test uses the real Fashion-MNIST: run `make setup` (installs dataset-fashion-mnist)")
     repo = tmp_path / "repo"
-    _copy_repo(repo)
+    copy_repo(repo)
     _shrink_params(repo)
-    _dvc(repo, "repro")
+    dvc(repo, "repro")
 
-    metrics = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
+    metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
     shown = next(iter(metrics.values()))["data"]
     eval_metrics = shown["models/mlp/eval/metrics.json"]["data"]
     numpy_line = shown["models/linreg_numpy/eval/metrics.json"]["data"]
-    assert abs(numpy_line["w"] - numpy_line["closed_form_w"]) < 0.1 and numpy_line["test_mse"] < 1.5
+    x, y = read_set(repo / "data/synthetic/line.csv").part("train")
+    w, b = np.polyfit(x, y, 1)  # numpy's least squares as the oracle of the closed form
+    assert (numpy_line["closed_form_w"], numpy_line["closed_form_b"]) == pytest.approx((w, b), rel=1e-6)
+    assert abs(numpy_line["w"] - w) < 0.1 and numpy_line["test_mse"] < 1.5
     module_line = shown["models/linreg_module/eval/metrics.json"]["data"]
     assert abs(module_line["w"] - 2) < 0.05 and abs(module_line["b"] - 1) < 0.05
     for study in STUDIES:
@@ -91,7 +83,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     parity = json.loads((repo / "models/mlp/parity.json").read_text())
     assert parity["passed"] and parity["samples"] == 10_000
     assert (repo / "models/mlp/model.onnx").stat().st_size > 0
-    plots = _dvc(repo, "plots", "show", "--json").stdout
+    plots = dvc(repo, "plots", "show", "--json").stdout
     assert "models/mlp/history.json" in plots and "models/mlp/eval/predictions.csv" in plots
     assert all(f"studies/{study}/curves.csv" in plots for study in STUDIES)
     synth_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synth"]
@@ -119,7 +111,9 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert run.data.tags["registry.fp32.decision"] == "promoted"
     deploy = json.loads((repo / "models/mlp/deploy.json").read_text())
     assert (repo / "models/mlp/model.int8.onnx").stat().st_size > 0
-    assert deploy["int8"]["passed"] == (deploy["int8"]["drop"] <= 0.005)
+    # the gate against accuracies measured here: torch's (evaluate) and the int8 file's through onnxruntime itself
+    drop = eval_metrics["test_accuracy"] - _onnx_accuracy(repo / "models/mlp/model.int8.onnx", repo / "data/raw")
+    assert deploy["int8"]["drop"] == pytest.approx(drop, abs=1e-9) and deploy["int8"]["passed"] == (drop <= 0.005)
     int8_registered = "mlp-int8" in {m.name for m in client.search_registered_models()}
     assert int8_registered == deploy["int8"]["passed"], deploy["int8"]["reason"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}
@@ -131,5 +125,5 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
         children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert {c.data.tags["variant"] for c in children} == set(raw_study_variants(repo, study))
 
-    again = _dvc(repo, "repro")
+    again = dvc(repo, "repro")
     assert "Data and pipelines are up to date" in again.stdout

@@ -6,11 +6,8 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -22,35 +19,16 @@ from dltorch.config import STUDIES
 from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import export
 from dltorch.pipeline.train import train
-from tests.test_pipeline_e2e import FASHION_MNIST, _copy_repo
+from tests.helpers import BIN, copy_repo, dvc, free_port, wait_for
+from tests.test_pipeline_e2e import FASHION_MNIST
 from tests.test_studies import shrunk_study
 
-BIN = Path(sys.executable).parent
 MLP_STAGES = ("fetch", "train@mlp", "evaluate@mlp", "export@mlp")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited during start-up"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {seconds} s")
 
 
 @pytest.fixture
 def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -58,7 +36,7 @@ def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/health", server)
+        wait_for(f"http://127.0.0.1:{port}/health", server, seconds=90)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         yield tmp_path / "server-artifacts"
     finally:
@@ -89,21 +67,12 @@ def test_a_tiny_pipeline_tracks_to_a_real_tracking_server(tmp_path, raw_root, ti
     assert any(tracking_server.rglob("model.onnx")), "artifacts went through the server to its destination"
 
 
-def _dvc(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    result = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def mlp_repo(tmp_path_factory) -> Path:
     """A fresh copy of the repo whose pipeline is just a tiny MLP on the real data, reproduced once."""
     assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), "run `make setup` for the real Fashion-MNIST"
     repo = tmp_path_factory.mktemp("scale") / "repo"
-    _copy_repo(repo)
+    copy_repo(repo)
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     mlp = raw["models"]["mlp"]
     mlp["args"] = {"hidden": [32]}
@@ -113,7 +82,7 @@ def mlp_repo(tmp_path_factory) -> Path:
         raw[study] = shrunk_study(study)
     raw["fetch"].update(source_dir=str(FASHION_MNIST), download=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    _dvc(repo, "repro", *MLP_STAGES)
+    dvc(repo, "repro", *MLP_STAGES)
     return repo
 
 
@@ -127,28 +96,28 @@ def _digests(repo: Path) -> dict[str, str]:
 def test_dvc_remote_round_trip_is_byte_identical(mlp_repo: Path, tmp_path: Path):
     before = _digests(mlp_repo)
     assert "models/mlp/model.onnx" in before and "data/raw/FashionMNIST/raw/train-images-idx3-ubyte" in before
-    _dvc(mlp_repo, "remote", "add", "--local", "-f", "-d", "scratch", str(tmp_path / "remote"))
-    _dvc(mlp_repo, "push", *MLP_STAGES)
+    dvc(mlp_repo, "remote", "add", "--local", "-f", "-d", "scratch", str(tmp_path / "remote"))
+    dvc(mlp_repo, "push", *MLP_STAGES)
     shutil.rmtree(mlp_repo / ".dvc" / "cache")
     shutil.rmtree(mlp_repo / "data" / "raw")
     shutil.rmtree(mlp_repo / "models" / "mlp")
-    _dvc(mlp_repo, "pull", *MLP_STAGES)
+    dvc(mlp_repo, "pull", *MLP_STAGES)
     assert _digests(mlp_repo) == before
-    assert "up to date" in _dvc(mlp_repo, "status", *MLP_STAGES).stdout
+    assert "up to date" in dvc(mlp_repo, "status", *MLP_STAGES).stdout
 
 
 @pytest.mark.slow
 def test_experiments_run_and_queue_into_the_same_store(mlp_repo: Path):
-    _dvc(mlp_repo, "exp", "run", "-n", "lr-3e-3", "-S", "models.mlp.train.lr=0.003")
-    _dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-1e-2", "-S", "models.mlp.train.lr=0.01")
-    _dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-5e-4", "-S", "models.mlp.train.lr=0.0005")
-    _dvc(mlp_repo, "queue", "start", "-j", "2")  # two at once: they must not collide on the store
+    dvc(mlp_repo, "exp", "run", "-n", "lr-3e-3", "-S", "models.mlp.train.lr=0.003")
+    dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-1e-2", "-S", "models.mlp.train.lr=0.01")
+    dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-5e-4", "-S", "models.mlp.train.lr=0.0005")
+    dvc(mlp_repo, "queue", "start", "-j", "2")  # two at once: they must not collide on the store
     deadline = time.monotonic() + 300
-    while "Running" in (status := _dvc(mlp_repo, "queue", "status").stdout) or "Queued" in status:
+    while "Running" in (status := dvc(mlp_repo, "queue", "status").stdout) or "Queued" in status:
         assert time.monotonic() < deadline, status
         time.sleep(3)
     assert "Success" in status, status
-    shown = json.loads(_dvc(mlp_repo, "exp", "show", "--json").stdout)
+    shown = json.loads(dvc(mlp_repo, "exp", "show", "--json").stdout)
     assert {"lr-3e-3", "lr-1e-2", "lr-5e-4"} <= set(json.dumps(shown).replace('"', " ").split())
     client = MlflowClient(tracking_uri=f"sqlite:///{mlp_repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dltorch")

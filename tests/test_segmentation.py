@@ -26,6 +26,7 @@ from dltorch.pipeline.export import export
 from dltorch.pipeline.train import train
 from dltorch.tasks import segmentation as task
 from tests.conftest import TINY_SHAPES, tiny_params_dict
+from tests.helpers import assert_same_weights, interrupt_and_resume
 
 TINY = ShapesConfig(**TINY_SHAPES)
 
@@ -155,9 +156,6 @@ def test_segmentation_settings_are_errors_on_other_tasks():
         parse_params(raw)
 
 
-class Interrupted(Exception):
-    pass
-
 
 def test_a_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path: Path, synthetic_root: Path):
     """The engine's checkpoint and resume hold for DataLoader batches with albumentations draws too."""
@@ -173,19 +171,10 @@ def test_a_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path:
                              "fp", monitor=task.TASK.monitor, resume=resume, on_epoch=on_epoch)
         return model, history
 
-    uninterrupted, full_history = fit(tmp_path / "full.pt")
-
-    def stop_after_first_epoch(record):
-        if record["epoch"] == 1:
-            raise Interrupted
-
-    checkpoint = tmp_path / "ckpt.pt"
-    with pytest.raises(Interrupted):
-        fit(checkpoint, on_epoch=stop_after_first_epoch)
-    resumed, history = fit(checkpoint, resume=engine.load_checkpoint(checkpoint, "fp"))
-    assert [row["epoch"] for row in history] == [1, 2] and history[-1]["train_loss"] == full_history[-1]["train_loss"]
-    for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    run = interrupt_and_resume(fit, tmp_path)
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert run.history[-1]["train_loss"] == run.full_history[-1]["train_loss"]
+    assert_same_weights(run.uninterrupted, run.resumed)
 
 
 def _unet_params(**train) -> dict:

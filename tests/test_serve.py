@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,8 +29,8 @@ from dltorch.pipeline.export import export
 from dltorch.pipeline.train import train
 from dltorch.serve import RequestGuard, non_finite_values
 from tests.conftest import REPO, tiny_idx_files, tiny_params_dict
+from tests.helpers import HOST, free_port, wait_for
 
-HOST = "127.0.0.1"  # loopback only, in every test
 ATOL = 1e-4  # the parity tolerance of params.yaml
 MAX_BODY = 10 * 2**20
 
@@ -129,12 +128,6 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     yield {"store": store, "model_dir": model_dir, "root": root}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, body: bytes, timeout: float = 60) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
@@ -149,7 +142,7 @@ def start_server(registered: dict) -> Iterator:
     started: list[subprocess.Popen] = []
 
     def start(command: list[str]) -> str:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": registered["store"],
                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # uvicorn, for mlflow
@@ -158,17 +151,8 @@ def start_server(registered: dict) -> Iterator:
                                    cwd=registered["root"])
         started.append(process)
         base = f"http://{HOST}:{port}"
-        for _ in range(240):  # bounded: at most ~2 minutes on a loaded machine
-            if process.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        return base
-            except OSError:
-                time.sleep(0.5)
-        log.flush()
-        raise AssertionError(f"{' '.join(command)} did not answer /ping:\n{log.name}")
+        wait_for(f"{base}/ping", process, seconds=120, log=Path(log.name))  # bounded, for a loaded machine
+        return base
 
     yield start
     for process in started:
