@@ -233,6 +233,17 @@ def _task(name: str) -> Any:
     return get_task(name)
 
 
+def _trainer_owners(trainer: str) -> str:
+    """Which tasks a hand-written trainer belongs to, for the error when a model of another task names it."""
+    from dltorch import tasks
+
+    owners = [name for name in tasks.names() if trainer in tasks.get_task(name).trainers]
+    if owners:
+        return f"'{trainer}' trains a {' or '.join(owners)} only (task: {owners[0]})"
+    known = sorted({ENGINE, *(t for name in tasks.names() for t in tasks.get_task(name).trainers)})
+    return f"unknown trainer '{trainer}'; known: {', '.join(known)}"
+
+
 def _known_task(name: str) -> str:
     _task(name)  # raises with the list of known names
     return name
@@ -274,8 +285,7 @@ class ModelConfig(Strict):
             raise ValueError(f"train.loss: '{self.train.loss}' is not a {self.task} loss; "
                              f"known: {', '.join(task.losses)}")
         if self.train.trainer != ENGINE and self.train.trainer not in task.trainers:
-            raise ValueError(f"train.trainer: '{self.train.trainer}' does not train a {self.task}; "
-                             f"known: {', '.join([ENGINE, *task.trainers])}")
+            raise ValueError(f"train.trainer: {_trainer_owners(self.train.trainer)}")
         self._task_settings()
         return self
 
