@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dltorch.tasks.registry import TASK_MODULES
+from dltorch.tasks.registry import task_modules
 from tests.conftest import REPO
 
 SRC = REPO / "src"
@@ -105,8 +105,8 @@ def _expected(name: str, stage: dict) -> set[str]:
         return expected
     # The task module the registry loads is the model's own (${item.task}); its data readers are every task's:
     # DVC cannot interpolate a lookup keyed by ${item.task} (`${task_deps.${item.task}}` fails to parse).
-    task_files = {f"src/dltorch/tasks/{task}.py" for task in TASK_MODULES}
-    for task in TASK_MODULES:
+    task_files = {f"src/dltorch/tasks/{task}.py" for task in task_modules()}
+    for task in task_modules():
         expected |= _reached(SRC / "dltorch" / "tasks" / f"{task}.py") - task_files
     return expected | {TASK_DEP}
 

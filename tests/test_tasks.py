@@ -11,17 +11,17 @@ import torch
 
 from dltorch import tasks
 from dltorch.config import default_registry
-from dltorch.tasks.registry import TASK_MODULES, Task
+from dltorch.tasks.registry import Task, task_modules
 
 REQUIRED = [f.name for f in dataclasses.fields(Task) if f.default is dataclasses.MISSING
             and f.default_factory is dataclasses.MISSING]
 
 
 def test_every_task_module_registers_its_task():
-    assert tasks.names() == sorted(TASK_MODULES)
+    assert tasks.names() == sorted(task_modules())
 
 
-@pytest.mark.parametrize("name", sorted(TASK_MODULES))
+@pytest.mark.parametrize("name", sorted(task_modules()))
 def test_task_has_every_required_part(name):
     task = tasks.get_task(name)
     assert isinstance(task, Task)
@@ -38,7 +38,7 @@ def test_task_has_every_required_part(name):
     assert task.losses, f"{name}: no loss"
 
 
-@pytest.mark.parametrize("name", sorted(TASK_MODULES))
+@pytest.mark.parametrize("name", sorted(task_modules()))
 def test_every_loss_is_a_loss_and_unknown_ones_are_rejected(name):
     task = tasks.get_task(name)
     for loss in task.losses:

@@ -3,8 +3,10 @@ spec). This module imports no torch: the implementations register themselves whe
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,8 +19,6 @@ if TYPE_CHECKING:
     from dltorch.config import TrainConfig
     from dltorch.data.images import TensorData
 
-# The implementations, one module each under dltorch/tasks/; importing one registers its task.
-TASK_MODULES = ("classification", "regression", "sequence", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,16 @@ def register_task(task: Task) -> Task:
     return task
 
 
+@cache
+def task_modules() -> tuple[str, ...]:
+    """The implementations: every module of dltorch/tasks/ but this one, each named as the task it registers, so
+    adding a task is adding its file."""
+    return tuple(sorted(info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)])
+                        if info.name != __name__.rpartition(".")[2]))
+
+
 def _load_all() -> None:
-    for module in TASK_MODULES:
+    for module in task_modules():
         import_module(f"dltorch.tasks.{module}")
 
 
@@ -97,7 +105,7 @@ def names() -> list[str]:
 
 def get_task(name: str) -> Task:
     """Loads only the named task's module (a stage runs its own task's code, as dvc.yaml's deps say)."""
-    if name not in _TASKS and name in TASK_MODULES:
+    if name not in _TASKS and name in task_modules():
         import_module(f"dltorch.tasks.{name}")
     if name not in _TASKS:
         raise ValueError(f"unknown task '{name}'; known: {', '.join(names())}")
