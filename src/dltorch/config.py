@@ -58,6 +58,12 @@ class SplitSetConfig(SetConfig):
         return self
 
 
+class HeldOutSetConfig(SetConfig):
+    """A set whose `size` rows all train, as the course's; test_size more rows, drawn after them, test."""
+
+    test_size: int = Field(ge=1)
+
+
 class ShuffledSplitSetConfig(SplitSetConfig):
     # The split draws from its own generator, as sklearn's train_test_split(random_state=split_seed) does.
     split_seed: int = Field(ge=0)
@@ -109,9 +115,9 @@ class SynthConfig(Strict):
     """Every synthetic set; the defaults are the course's recipes (and, for sequences and shapes, params.yaml's)."""
 
     line: SplitSetConfig = SplitSetConfig(seed=0, size=100, noise=1.0, train_size=80)
-    line_small_noise: SplitSetConfig = SplitSetConfig(seed=42, size=100, noise=0.1, train_size=80)
+    line_small_noise: HeldOutSetConfig = HeldOutSetConfig(seed=42, size=100, noise=0.1, test_size=20)
     quadratic: ShuffledSplitSetConfig = ShuffledSplitSetConfig(seed=32, size=100, noise=5.0, train_size=70,
-                                                              split_seed=42)
+                                                              split_seed=0)
     parabola: SetConfig = SetConfig(seed=0, size=1000, noise=1.0)
     dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
     sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
@@ -359,7 +365,7 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    schemas = (FetchConfig, SynthConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig, MlflowConfig,
+    schemas = (FetchConfig, SynthConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig, MlflowConfig,
                AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig, VariantConfig,
                StudyConfig, Params)
     for schema in schemas:
