@@ -124,7 +124,10 @@ def batches(data: TrainData, batch_size: int, generator: torch.Generator | None 
             raise ValueError("streamed data is only drawn shuffled, for training: pass the epoch's generator")
         yield from data.batches(batch_size, generator)
         return
-    order = torch.randperm(len(data), generator=generator).to(data.inputs.device) if generator is not None else None
+    # A batch holding the whole set is the same set in any order: shuffling it would only change the rounding of its
+    # loss, so the full-batch lessons sum their rows in the course's order.
+    shuffle = generator is not None and batch_size < len(data)
+    order = torch.randperm(len(data), generator=generator).to(data.inputs.device) if shuffle else None
     for start in range(0, len(data), batch_size):
         if order is None:
             yield TensorData(data.inputs[start : start + batch_size], data.targets[start : start + batch_size])

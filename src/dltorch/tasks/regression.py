@@ -121,6 +121,9 @@ def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: floa
         w_ls, b_ls = linreg.least_squares(x_train, y_train)
         metrics.update(w=linear.weight.item(), b=linear.bias.item(), closed_form_w=w_ls, closed_form_b=b_ls)
         lines["least squares"] = lambda xs: w_ls * xs + b_ls
+    if history and "w" in history[-1]:  # numpy's lesson fits in float64: report its w, b, not the float32 Linear's
+        w, b = history[-1]["w"], history[-1]["b"]
+        metrics.update(w=w, b=b, train_mse=linreg.mse_loss(w, b, x_train, y_train))
     x_test, y_test = test.inputs.squeeze(1).numpy(), test.targets.squeeze(1).numpy()
     predicted = outputs.squeeze(1).numpy()
     figures = [
