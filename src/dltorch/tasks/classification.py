@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from torch import nn
 from dltorch import plots
 from dltorch.config import TrainConfig
 from dltorch.data.images import CLASSES, TensorData, channel_stats, load_split, split_validation
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
@@ -121,10 +120,8 @@ def report(model: nn.Module, logits: torch.Tensor, test: TensorData, loss: float
 
 
 def _write_predictions(path: Path, targets: list[int], predicted: list[int], classes: list[str]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((classes[t], classes[p]) for t, p in zip(targets, predicted, strict=True))
+    rows = ((classes[t], classes[p]) for t, p in zip(targets, predicted, strict=True))
+    write_csv(path, ["actual", "predicted"], rows)
 
 
 def other_shape(test: TensorData) -> None:
