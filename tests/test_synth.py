@@ -33,10 +33,10 @@ def test_same_params_give_byte_identical_files(tmp_path: Path):
     assert first == second
     assert _sha256(tmp_path / "a") == _sha256(tmp_path / "b") == {f"{n}.csv": d for n, d in first.items()
                                                                   if n in GENERATORS}
-    assert len(first) == 7  # the course's five CSV sets, sequences and shapes
+    assert len(first) == 8  # the course's six CSV sets, sequences and shapes
 
 
-@pytest.mark.parametrize("name", ["line", "line_small_noise", "quadratic", "parabola", "dropout_points"])
+@pytest.mark.parametrize("name", list(GENERATORS))
 @pytest.mark.parametrize("field", ["seed", "size", "noise"])
 def test_other_params_give_other_data_and_leave_other_sets_alone(tmp_path: Path, name: str, field: str):
     base = write_sets(COURSE, tmp_path / "base")

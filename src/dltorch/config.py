@@ -18,7 +18,7 @@ Loss = Literal["cross_entropy", "mse_onehot", "mse", "bce", "bce_dice"]
 Task = Literal["classification", "regression", "sequence", "segmentation"]
 # The engine trains every model; the course's two hand-written regression loops are kept as lessons.
 Trainer = Literal["engine", "numpy_gd", "manual_autograd"]
-SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points"]
+SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points", "adagrad_line"]
 TASK_LOSSES = {"classification": ("cross_entropy", "mse_onehot"), "regression": ("mse",), "sequence": ("mse",),
                "segmentation": ("bce", "bce_dice")}
 SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
@@ -120,6 +120,7 @@ class SynthConfig(Strict):
                                                               split_seed=0)
     parabola: SetConfig = SetConfig(seed=0, size=1000, noise=1.0)
     dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
+    adagrad_line: SetConfig = SetConfig(seed=0, size=100, noise=1.0)
     sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
                                                  val_count=20, test_count=20, moving_average=8)
     shapes: ShapesConfig = ShapesConfig(seed=0, count=800, size=96, val_count=160)
@@ -172,6 +173,9 @@ class TrainConfig(Strict):
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPU (fast only with avx512_bf16 or AMX); fp32: never.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     trainer: Trainer = "engine"
+    # epochs: each epoch cuts one permutation into batches (every row once). fresh_batches: every step draws a new
+    # random batch, as the course's mini-batch lesson does with next(iter(a shuffled DataLoader)).
+    sampling: Literal["epochs", "fresh_batches"] = "epochs"
     # Segmentation: every image and mask is resized to (height, width), multiples of 16, to train and evaluate.
     image_size: tuple[int, int] | None = None
 
@@ -317,27 +321,30 @@ class StudyConfig(Strict):
         return arch, args, train
 
 
-STUDIES = ("gd_variants", "capacity", "dropout", "optimizers", "lr_schedules")
-
-
 class Params(Strict):
     fetch: FetchConfig = FetchConfig()
     synth: SynthConfig = SynthConfig()
     mlflow: MlflowConfig = MlflowConfig()
     registry: dict[Task, RegistryRule] = DEFAULT_REGISTRY
     models: dict[str, ModelConfig]
-    # The course's studies: each a DVC stage of the same name, optional so a profile may leave them out.
-    gd_variants: StudyConfig | None = None
-    capacity: StudyConfig | None = None
-    dropout: StudyConfig | None = None
-    optimizers: StudyConfig | None = None
-    lr_schedules: StudyConfig | None = None
+    # The course's studies. In params.yaml each is a top-level section named as its study (so DVC tracks each on
+    # its own); _gather_studies collects the sections the study registry knows. A profile may leave them out.
+    studies: dict[str, StudyConfig] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_studies(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or set(raw) <= set(cls.model_fields):
+            return raw
+        from dltorch import studies  # the registry brings torch: imported only when params hold a study section
+
+        found = {key: value for key, value in raw.items() if key in studies.names()}
+        return {**{k: v for k, v in raw.items() if k not in found}, "studies": found}
 
     def study(self, name: str) -> StudyConfig:
-        found = getattr(self, name, None) if name in STUDIES else None
-        if not isinstance(found, StudyConfig):
-            raise ParamsError(f"{name}: no such study in params.yaml; studies: {', '.join(STUDIES)}")
-        return found
+        if name not in self.studies:
+            raise ParamsError(f"{name}: no such study in params.yaml; studies: {', '.join(self.studies) or 'none'}")
+        return self.studies[name]
 
     @model_validator(mode="after")
     def _known_synthetic_sets(self) -> Params:
@@ -374,10 +381,16 @@ def _all_field_names() -> set[str]:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    path = ".".join(str(part) for part in error["loc"])
+    loc = error["loc"][1:] if error["loc"][:1] == ("studies",) else error["loc"]  # study sections are top-level keys
+    path = ".".join(str(part) for part in loc)
     if error["type"] == "extra_forbidden":
         unknown = str(error["loc"][-1])
-        close = difflib.get_close_matches(unknown, _all_field_names(), n=1)
+        candidates = _all_field_names()
+        if len(loc) == 1:  # a top-level key may be a misspelt study section
+            from dltorch import studies
+
+            candidates |= set(studies.names())
+        close = difflib.get_close_matches(unknown, candidates, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{path}: unknown key{hint}"
     message = error["msg"].removeprefix("Value error, ")

@@ -17,7 +17,7 @@ import numpy as np
 
 from dltorch.config import HeldOutSetConfig, SetConfig, ShuffledSplitSetConfig, SplitSetConfig, SynthConfig
 from dltorch.errors import DataError
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 
 HEADER = ["x", "y", "split"]
 SPLITS = ("train", "test")
@@ -97,8 +97,20 @@ def dropout_points(cfg: SetConfig) -> SetData:
     return SetData(xs, ys, _labels(2 * cfg.size, np.arange(cfg.size)))
 
 
+def adagrad_line(cfg: SetConfig) -> SetData:
+    """The AdaGrad lesson's data: X = torch.randn(100, 1); y = 2X + 3 + torch.randn(100, 1); every row trains.
+    The course's randn is unseeded; torch.manual_seed(seed) precedes it here (float32, as the course)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.size, 1, generator=generator)
+    y = 2 * x + 3 + cfg.noise * torch.randn(cfg.size, 1, generator=generator)
+    return SetData(x.numpy().ravel().astype(np.float64), y.numpy().ravel().astype(np.float64),
+                   _labels(cfg.size, np.arange(cfg.size)))
+
+
 GENERATORS = {"line": line, "line_small_noise": line_small_noise, "quadratic": quadratic, "parabola": parabola,
-              "dropout_points": dropout_points}
+              "dropout_points": dropout_points, "adagrad_line": adagrad_line}
 
 
 def generate(name: str, cfg: SynthConfig) -> SetData:
@@ -109,14 +121,8 @@ def generate(name: str, cfg: SynthConfig) -> SetData:
 
 def write_set(data: SetData, path: Path) -> str:
     """Write the CSV atomically; returns its SHA-256."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(HEADER)
-            writer.writerows((repr(float(x)), repr(float(y)), s) for x, y, s in zip(data.x, data.y, data.split,
-                                                                                      strict=True))
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    return digest
+    write_csv(path, HEADER, ((float(x), float(y), s) for x, y, s in zip(data.x, data.y, data.split, strict=True)))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_sets(cfg: SynthConfig, out_dir: Path) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from dltorch.config import TrainConfig
 from dltorch.data.images import TensorData, split_validation
 from dltorch.data.synthetic import read_set
 from dltorch.errors import DataError, ParamsError
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
@@ -137,7 +136,4 @@ def report(model: nn.Module, outputs: torch.Tensor, test: TensorData, loss: floa
 
 
 def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((repr(float(a)), repr(float(p))) for a, p in zip(actual, predicted, strict=True))
+    write_csv(path, ["actual", "predicted"], ((float(a), float(p)) for a, p in zip(actual, predicted, strict=True)))
