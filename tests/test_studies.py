@@ -20,6 +20,7 @@ from dltorch.config import load_params, parse_params
 from dltorch.data.images import TensorData
 from dltorch.data.synthetic import generate, write_sets
 from dltorch.errors import ParamsError
+from dltorch.models import create
 from dltorch.studies import run_study
 from dltorch.studies.common import Study, VariantResult, load_set, train_variant
 from dltorch.studies.registry import register_study
@@ -219,3 +220,15 @@ def test_study_stage_runs_a_study_by_name_or_fails_cleanly(tmp_path, synthetic):
                             capture_output=True, text=True, cwd=tmp_path, env=env)
     assert failed.returncode == 2 and "capacity: no such study in params.yaml" in failed.stderr
     assert "Traceback" not in failed.stderr and not (tmp_path / "capacity").exists()
+
+
+def test_an_epoch_of_fresh_batches_averages_the_rows_it_saw(synthetic):
+    """8 fresh batches of 128 see 1024 rows of the 1000: the epoch's loss is their mean, not a sum over 1000."""
+    arch, args, cfg = REPO_PARAMS.study("gd_variants").variant("mini_batch")
+    train, _ = load_set(synthetic / "parabola.csv")
+    torch.manual_seed(0)
+    model = create(arch, args, in_shape=(1,), num_classes=1)
+    steps: list[float] = []
+    history = engine.fit(model, torch.nn.MSELoss(), lambda outputs, targets: {}, train, None,
+                         cfg.model_copy(update={"epochs": 1}), None, "", on_step=lambda loss, lr: steps.append(loss))
+    assert len(steps) == 8 and history[0]["train_loss"] == pytest.approx(sum(steps) / len(steps), rel=1e-12)
