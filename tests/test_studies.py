@@ -232,3 +232,11 @@ def test_an_epoch_of_fresh_batches_averages_the_rows_it_saw(synthetic):
     history = engine.fit(model, torch.nn.MSELoss(), lambda outputs, targets: {}, train, None,
                          cfg.model_copy(update={"epochs": 1}), None, "", on_step=lambda loss, lr: steps.append(loss))
     assert len(steps) == 8 and history[0]["train_loss"] == pytest.approx(sum(steps) / len(steps), rel=1e-12)
+
+
+def test_fresh_batches_for_streamed_segmentation_images_is_a_schema_error():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"] = {"unet": {**raw["models"]["unet"], "train": {**raw["models"]["unet"]["train"],
+                                                                 "sampling": "fresh_batches"}}}
+    with pytest.raises(ParamsError, match="models.unet: train.sampling: fresh_batches draws from in-memory data"):
+        parse_params(raw)

@@ -268,6 +268,8 @@ class ModelConfig(Strict):
         for key in ("vflip", "rotate_limit"):
             if getattr(augment, key) and not segmentation:
                 raise ValueError(f"train.augment.{key}: only task segmentation augments this way, not {self.task}")
+        if self.train.sampling == "fresh_batches" and segmentation:
+            raise ValueError("train.sampling: fresh_batches draws from in-memory data; segmentation streams images")
         if augment.crop_padding and self.task != "classification":
             raise ValueError(f"train.augment.crop_padding: only task classification crops, not {self.task}")
         if augment.hflip and self.task in ("regression", "sequence"):

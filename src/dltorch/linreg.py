@@ -31,7 +31,8 @@ def numpy_gd(x: np.ndarray, y: np.ndarray, lr: float, iterations: int) -> tuple[
     for iteration in range(1, iterations + 1):
         loss = mse_loss(w, b, x, y)
         w, b = gradient_step(w, b, x, y, lr)
-        history.append({"epoch": iteration, "lr": lr, "train_loss": loss, "w": w, "b": b})
+        # train_loss last: dvc.yaml's history plot draws a row's last field
+        history.append({"epoch": iteration, "lr": lr, "w": w, "b": b, "train_loss": loss})
     return w, b, history
 
 
