@@ -81,6 +81,15 @@ def course_train_test_split(x: np.ndarray, y: np.ndarray, test_size: float, rand
     return x[train], x[test], y[train], y[test]
 
 
+def test_the_split_snippet_reproduces_sklearns_documented_example():
+    """train_test_split's docstring: X = arange(10).reshape((5, 2)), test_size=0.33, random_state=42 gives
+    X_train [[4, 5], [0, 1], [6, 7]], X_test [[2, 3], [8, 9]], y_train [2, 0, 3], y_test [1, 4]."""
+    x_train, x_test, y_train, y_test = course_train_test_split(np.arange(10).reshape((5, 2)), np.arange(5),
+                                                               test_size=0.33, random_state=42)
+    assert x_train.tolist() == [[4, 5], [0, 1], [6, 7]] and x_test.tolist() == [[2, 3], [8, 9]]
+    assert y_train.tolist() == [2, 0, 3] and y_test.tolist() == [1, 4]
+
+
 def test_quadratic_is_the_course_set_and_its_train_test_split():
     np.random.seed(32)
     x = np.random.uniform(-5, 5, 100)
