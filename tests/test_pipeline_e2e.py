@@ -85,7 +85,9 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     numpy_line = shown["models/linreg_numpy/eval/metrics.json"]["data"]
     assert abs(numpy_line["w"] - numpy_line["closed_form_w"]) < 0.1 and numpy_line["test_mse"] < 1.5
     module_line = shown["models/linreg_module/eval/metrics.json"]["data"]
-    assert abs(module_line["w"] - 2) < 0.05 and abs(module_line["b"] - 1) < 0.05
+    # 300 of the course's 1000 epochs: near the least-squares line of its 100 rows (w 1.942 vs 1.954, b 1.028 vs 1.022)
+    assert abs(module_line["w"] - module_line["closed_form_w"]) < 0.02
+    assert abs(module_line["b"] - module_line["closed_form_b"]) < 0.02
     for study in study_names():
         assert set(shown[f"studies/{study}/metrics.json"]["data"]["variants"]) == set(raw_study_variants(repo, study))
     assert eval_metrics["test_accuracy"] > 0.75  # 2 epochs of a 32-unit MLP on the real data
