@@ -240,3 +240,8 @@ def test_fresh_batches_for_streamed_segmentation_images_is_a_schema_error():
                                                                  "sampling": "fresh_batches"}}}
     with pytest.raises(ParamsError, match="models.unet: train.sampling: fresh_batches draws from in-memory data"):
         parse_params(raw)
+
+
+def test_studies_are_top_level_sections_not_a_studies_mapping():
+    with pytest.raises(ParamsError, match="studies: not a section; write each study as a top-level section"):
+        parse_params({"models": {}, "studies": {"dropout": shrunk_study("dropout")}})

@@ -336,6 +336,8 @@ class Params(Strict):
     @model_validator(mode="before")
     @classmethod
     def _gather_studies(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "studies" in raw:  # DVC tracks a study by its own section: keep them top-level
+            raise ValueError("studies: not a section; write each study as a top-level section named as the study")
         if not isinstance(raw, dict) or set(raw) <= set(cls.model_fields):
             return raw
         from dltorch import studies  # the registry brings torch: imported only when params hold a study section
