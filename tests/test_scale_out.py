@@ -15,10 +15,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dltorch.config import STUDIES
 from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import export
 from dltorch.pipeline.train import train
+from dltorch.studies import names as study_names
 from tests.helpers import BIN, copy_repo, dvc, free_port, wait_for
 from tests.test_pipeline_e2e import FASHION_MNIST
 from tests.test_studies import shrunk_study
@@ -78,7 +78,7 @@ def mlp_repo(tmp_path_factory) -> Path:
     mlp["args"] = {"hidden": [32]}
     mlp["train"].update(epochs=1, batch_size=500, val_size=1000)
     raw["models"] = {"mlp": mlp}
-    for study in STUDIES:  # `dvc exp run` reproduces everything: keep the studies tiny
+    for study in study_names():  # `dvc exp run` reproduces everything: keep the studies tiny
         raw[study] = shrunk_study(study)
     raw["fetch"].update(source_dir=str(FASHION_MNIST), download=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dltorch.studies.registry import names as study_names
 from dltorch.tasks.registry import task_modules
 from tests.conftest import REPO
 
 SRC = REPO / "src"
 CONFIG = SRC / "dltorch" / "config.py"
 TASK_DEP = "src/dltorch/tasks/${item.task}.py"  # a per-model stage runs its own task's module, found by the registry
+STUDY_DEP = "src/dltorch/studies/${key}.py"  # study@<name> runs its own study's module, found by the registry
 
 
 def _file_of(module: str) -> Path | None:
@@ -103,6 +105,13 @@ def _expected(name: str, stage: dict) -> set[str]:
     expected = _reached(script, whole_params="load_params" in script.read_text())
     if "foreach" not in _raw_stage(name):
         return expected
+    if name == "study":  # each study's module reaches the shared study code, and no other study
+        study_files = {f"src/dltorch/studies/{study}.py" for study in study_names()}
+        for study in study_names():
+            reached = _reached(SRC / "dltorch" / "studies" / f"{study}.py")
+            assert not reached & study_files - {f"src/dltorch/studies/{study}.py"}, f"study {study} imports another"
+            expected |= reached - study_files
+        return expected | {STUDY_DEP}
     # The task module the registry loads is the model's own (${item.task}); its data readers are every task's:
     # DVC cannot interpolate a lookup keyed by ${item.task} (`${task_deps.${item.task}}` fails to parse).
     task_files = {f"src/dltorch/tasks/{task}.py" for task in task_modules()}

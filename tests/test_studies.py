@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
-from dltorch.config import STUDIES, load_params, parse_params
-from dltorch.data.synthetic import write_sets
-from dltorch.studies import run_study
-from dltorch.studies.capacity import summarize as summarize_capacity
-from dltorch.studies.common import VariantResult, load_set, train_variant
+from dltorch import engine, studies
+from dltorch.config import load_params, parse_params
+from dltorch.data.images import TensorData
+from dltorch.data.synthetic import generate, write_sets
+from dltorch.errors import ParamsError
+from dltorch.models import create
+from dltorch.studies.common import Study, VariantResult, load_set, run_study, train_variant
+from dltorch.studies.registry import register_study
 from tests.conftest import REPO
+
+STUDIES = studies.names()
 
 REPO_PARAMS = load_params(REPO / "params.yaml")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -57,7 +67,7 @@ def test_each_study_writes_its_figure_metrics_curves_and_runs(name, tmp_path, sy
 
     client = MlflowClient()
     parents = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
-                                 f"tags.study = '{name}' and tags.dvc_stage = '{name}'")
+                                 f"tags.study = '{name}' and tags.dvc_stage = 'study@{name}'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -99,15 +109,13 @@ def test_capacity_verdicts_follow_the_losses():
     def result(train: float, test: float) -> VariantResult:
         return VariantResult(torch.nn.Identity(), epochs=[{"epoch": 1, "train_loss": train, "test_loss": test}])
 
-    metrics = summarize_capacity({"line": result(40.0, 44.0), "small": result(28.0, 30.0),
+    metrics = studies.get("capacity").summarize({"line": result(40.0, 44.0), "small": result(28.0, 30.0),
                                   "big": result(20.0, 36.0)})
     assert (metrics["underfits"], metrics["overfits"]) == ("line", "big")
     assert metrics["variants"]["big"]["test_train_ratio"] == pytest.approx(1.8)
 
 
 def test_study_errors_name_the_key():
-    from dltorch.errors import ParamsError
-
     bad_set = {"models": {}, "dropout": {**shrunk_study("dropout"), "data": "circles"}}
     with pytest.raises(ParamsError, match="dropout.data: Input should be 'line'"):
         parse_params(bad_set)
@@ -115,3 +123,124 @@ def test_study_errors_name_the_key():
     bad_variant["variants"]["adam"]["train"]["optimizer"] = "adamax"
     with pytest.raises(ParamsError, match="optimizers: variants.adam.train.optimizer: "):
         parse_params({"models": {}, "optimizers": bad_variant})
+
+
+def test_fresh_batches_draw_a_new_random_batch_every_step():
+    """The course's mini-batch lesson: next(iter(a shuffled DataLoader)) each step, not one permutation per epoch."""
+    rows = torch.arange(10.0).unsqueeze(1)
+    drawn = [b.targets.squeeze(1).tolist()
+             for b in engine.batches(TensorData(rows, rows), 4, torch.Generator().manual_seed(0), fresh=True)]
+    assert len(drawn) == 3 and all(len(set(batch)) == 4 for batch in drawn)  # every step a full batch, no repeat in it
+    epoch = [b.targets.squeeze(1).tolist() for b in engine.batches(TensorData(rows, rows), 4,
+                                                                   torch.Generator().manual_seed(0))]
+    assert [len(batch) for batch in epoch] == [4, 4, 2]  # the usual epoch: one permutation cut into batches
+
+
+def test_gd_variants_keep_the_course_momentum_beside_the_conventional_one():
+    study = REPO_PARAMS.study("gd_variants")
+    momentum = {name: study.variant(name)[2].momentum for name in study.variants}
+    assert momentum["full_batch_momentum_1"] == momentum["mini_batch_momentum_1"] == 1.0
+    assert momentum["full_batch"] == momentum["mini_batch"] == 0.9 and momentum["stochastic"] == 0.0
+    assert {name: study.variant(name)[2].sampling for name in ("mini_batch", "mini_batch_momentum_1")} == \
+        {"mini_batch": "fresh_batches", "mini_batch_momentum_1": "fresh_batches"}
+
+
+def test_adagrad_study_is_the_course_lesson(synthetic):
+    """The course's AdaGrad lesson, written as it is, against the study's `adagrad` variant through engine.fit."""
+    torch.manual_seed(REPO_PARAMS.synth.adagrad_line.seed)  # unseeded in the course
+    X = torch.randn(100, 1)  # noqa: N806  (the course's name)
+    y = 2 * X + 3 + torch.randn(100, 1)
+    model = torch.nn.Linear(1, 1)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(100):
+        loss = torch.nn.functional.mse_loss(model(X), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+
+    study = REPO_PARAMS.study("adagrad")
+    train, test = load_set(synthetic / f"{study.data}.csv")
+    assert torch.equal(train.inputs, X) and torch.equal(train.targets, y) and test is None
+    result = train_variant(*study.variant("adagrad"), train, test)
+    assert [step["loss"] for step in result.steps] == losses
+    summary = studies.get("adagrad").summarize_variant(result)
+    assert (summary["w"], summary["b"]) == (model.weight.item(), model.bias.item())
+
+
+def test_adagrad_line_is_the_course_data():
+    torch.manual_seed(0)
+    X = torch.randn(100, 1)  # noqa: N806
+    y = 2 * X + 3 + torch.randn(100, 1)
+    data = generate("adagrad_line", REPO_PARAMS.synth)
+    assert np.array_equal(data.x, X.numpy().ravel()) and np.array_equal(data.y, y.numpy().ravel())
+    assert set(data.split) == {"train"}
+
+
+def test_a_study_is_a_registered_module_and_a_stage_per_name():
+    """Adding a study is a module and a params section: dvc.yaml's study@ stages and params.yaml follow the registry."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["study"]["foreach"]
+    assert sorted(stages) == STUDIES == sorted(s for s in yaml.safe_load((REPO / "params.yaml").read_text())
+                                               if s in STUDIES)
+    assert {"gd_variants", "capacity", "dropout", "optimizers", "lr_schedules", "adagrad"} <= set(STUDIES)
+
+
+def test_the_study_registry_refuses_duplicates_and_incomplete_studies():
+    with pytest.raises(ValueError, match="'capacity' is registered twice"):
+        register_study(type("Again", (studies.get("capacity").__class__,), {}))
+    with pytest.raises(TypeError, match="abstract"):
+        register_study(type("NoFigure", (Study,), {"name": "no_figure", "curve": ("epochs", ["train_loss"]),
+                                                   "summarize_variant": lambda self, result: {}}))
+    with pytest.raises(ValueError, match="unknown study 'circles'; known: adagrad, capacity"):
+        studies.get("circles")
+
+
+def test_a_params_section_no_study_knows_is_an_unknown_key():
+    with pytest.raises(ParamsError, match="params.yaml: capacty: unknown key; did you mean 'capacity'"):
+        parse_params({"models": {}, "capacty": shrunk_study("capacity")})
+
+
+def test_study_stage_runs_a_study_by_name_or_fails_cleanly(tmp_path, synthetic):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"mlflow": {"experiment": "tests"}, "models": {},
+                                           "dropout": shrunk_study("dropout")}))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    stage = [sys.executable, str(REPO / "stages" / "study.py"), "--params", str(params_file), "--data",
+             str(synthetic / "dropout_points.csv")]
+    done = subprocess.run([*stage, "--study", "dropout", "--out", str(tmp_path / "dropout")], capture_output=True,
+                          text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "dropout" / "metrics.json").read_text())["lowest_test_loss"] in ("no_dropout",
+                                                                                                  "dropout_0.5")
+    failed = subprocess.run([*stage, "--study", "capacity", "--out", str(tmp_path / "capacity")],
+                            capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert failed.returncode == 2 and "capacity: no such study in params.yaml" in failed.stderr
+    assert "Traceback" not in failed.stderr and not (tmp_path / "capacity").exists()
+
+
+def test_an_epoch_of_fresh_batches_averages_the_rows_it_saw(synthetic):
+    """8 fresh batches of 128 see 1024 rows of the 1000: the epoch's loss is their mean, not a sum over 1000."""
+    arch, args, cfg = REPO_PARAMS.study("gd_variants").variant("mini_batch")
+    train, _ = load_set(synthetic / "parabola.csv")
+    torch.manual_seed(0)
+    model = create(arch, args, in_shape=(1,), num_classes=1)
+    steps: list[float] = []
+    history = engine.fit(model, torch.nn.MSELoss(), lambda outputs, targets: {}, train, None,
+                         cfg.model_copy(update={"epochs": 1}), None, "", on_step=lambda loss, lr: steps.append(loss))
+    assert len(steps) == 8 and history[0]["train_loss"] == pytest.approx(sum(steps) / len(steps), rel=1e-12)
+
+
+def test_fresh_batches_for_streamed_segmentation_images_is_a_schema_error():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"] = {"unet": {**raw["models"]["unet"], "train": {**raw["models"]["unet"]["train"],
+                                                                 "sampling": "fresh_batches"}}}
+    with pytest.raises(ParamsError, match="models.unet: train.sampling: fresh_batches draws from in-memory data"):
+        parse_params(raw)
+
+
+def test_studies_are_top_level_sections_not_a_studies_mapping():
+    with pytest.raises(ParamsError, match="studies: not a section; write each study as a top-level section"):
+        parse_params({"models": {}, "studies": {"dropout": shrunk_study("dropout")}})

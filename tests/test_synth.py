@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +33,10 @@ def test_same_params_give_byte_identical_files(tmp_path: Path):
     assert first == second
     assert _sha256(tmp_path / "a") == _sha256(tmp_path / "b") == {f"{n}.csv": d for n, d in first.items()
                                                                   if n in GENERATORS}
-    assert len(first) == 7  # the course's five CSV sets, sequences and shapes
+    assert len(first) == 8  # the course's six CSV sets, sequences and shapes
 
 
-@pytest.mark.parametrize("name", ["line", "line_small_noise", "quadratic", "parabola", "dropout_points"])
+@pytest.mark.parametrize("name", list(GENERATORS))
 @pytest.mark.parametrize("field", ["seed", "size", "noise"])
 def test_other_params_give_other_data_and_leave_other_sets_alone(tmp_path: Path, name: str, field: str):
     base = write_sets(COURSE, tmp_path / "base")
@@ -56,26 +57,47 @@ def test_line_is_the_course_line_with_the_first_80_rows_training(tmp_path: Path)
     assert list(data.split) == ["train"] * 80 + ["test"] * 20
 
 
-def test_line_small_noise_is_the_course_set_and_split():
-    np.random.seed(42)
+def test_line_small_noise_trains_on_the_course_100_rows_and_tests_on_extra_draws():
+    np.random.seed(42)  # the course's lesson, as it writes it: all 100 points train, no shuffle, no split
     x = np.random.rand(100, 1)
     y = 1 + 2 * x + 0.1 * np.random.randn(100, 1)
-    idx = np.arange(100)
-    np.random.shuffle(idx)
+    x_extra = np.random.rand(20, 1)  # ours only: 20 more points from the same RNG, to evaluate on
+    y_extra = 1 + 2 * x_extra + 0.1 * np.random.randn(20, 1)
     data = generate("line_small_noise", COURSE)
-    assert np.array_equal(data.x, x.ravel()) and np.array_equal(data.y, y.ravel())
-    assert np.array_equal(np.flatnonzero(data.split == "train"), np.sort(idx[:80]))
+    train_x, train_y = data.part("train")
+    test_x, test_y = data.part("test")
+    assert np.array_equal(train_x, x.ravel()) and np.array_equal(train_y, y.ravel())
+    assert np.array_equal(test_x, x_extra.ravel()) and np.array_equal(test_y, y_extra.ravel())
 
 
-def test_quadratic_is_the_course_set_with_a_seeded_70_30_split():
+def course_train_test_split(x: np.ndarray, y: np.ndarray, test_size: float, random_state: int):
+    """sklearn's train_test_split(X, Y, test_size=..., random_state=...) for a float test_size, as its source
+    does it (model_selection/_split.py): ShuffleSplit's n_test = ceil(test_size n), n_train = n - n_test;
+    permutation = RandomState(random_state).permutation(n); test = permutation[:n_test], train the next n_train."""
+    n = len(x)
+    n_test = math.ceil(test_size * n)
+    permutation = np.random.RandomState(random_state).permutation(n)
+    test, train = permutation[:n_test], permutation[n_test : n_test + (n - n_test)]
+    return x[train], x[test], y[train], y[test]
+
+
+def test_the_split_snippet_reproduces_sklearns_documented_example():
+    """train_test_split's docstring: X = arange(10).reshape((5, 2)), test_size=0.33, random_state=42 gives
+    X_train [[4, 5], [0, 1], [6, 7]], X_test [[2, 3], [8, 9]], y_train [2, 0, 3], y_test [1, 4]."""
+    x_train, x_test, y_train, y_test = course_train_test_split(np.arange(10).reshape((5, 2)), np.arange(5),
+                                                               test_size=0.33, random_state=42)
+    assert x_train.tolist() == [[4, 5], [0, 1], [6, 7]] and x_test.tolist() == [[2, 3], [8, 9]]
+    assert y_train.tolist() == [2, 0, 3] and y_test.tolist() == [1, 4]
+
+
+def test_quadratic_is_the_course_set_and_its_train_test_split():
     np.random.seed(32)
     x = np.random.uniform(-5, 5, 100)
     y = x**2 + 1 + 5 * np.random.normal(0, 1, 100)
+    x_train, x_test, y_train, y_test = course_train_test_split(x, y, test_size=0.3, random_state=0)
     data = generate("quadratic", COURSE)
-    assert np.array_equal(data.x, x) and np.array_equal(data.y, y)
-    assert (data.split == "train").sum() == 70 and (data.split == "test").sum() == 30
-    test_rows = np.random.RandomState(42).permutation(100)[:30]  # sklearn's train_test_split(test_size=0.3, 42)
-    assert set(np.flatnonzero(data.split == "test")) == set(test_rows)
+    assert np.array_equal(data.part("train")[0], x_train) and np.array_equal(data.part("train")[1], y_train)
+    assert np.array_equal(data.part("test")[0], x_test) and np.array_equal(data.part("test")[1], y_test)
 
 
 def test_parabola_is_the_course_set():

@@ -18,7 +18,7 @@ Optimizer = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
 # The engine trains every model; a task may keep hand-written loops as lessons (regression: numpy_gd, ...).
 ENGINE = "engine"
-SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points"]
+SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points", "adagrad_line"]
 SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
 FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
 # A UNet of up to four levels halves each side four times: sides must be multiples of this.
@@ -54,6 +54,12 @@ class SplitSetConfig(SetConfig):
         if self.train_size >= self.size:
             raise ValueError(f"train_size: {self.train_size} leaves no test rows out of size {self.size}")
         return self
+
+
+class HeldOutSetConfig(SetConfig):
+    """A set whose `size` rows all train, as the course's; test_size more rows, drawn after them, test."""
+
+    test_size: int = Field(ge=1)
 
 
 class ShuffledSplitSetConfig(SplitSetConfig):
@@ -107,11 +113,12 @@ class SynthConfig(Strict):
     """Every synthetic set; the defaults are the course's recipes (and, for sequences and shapes, params.yaml's)."""
 
     line: SplitSetConfig = SplitSetConfig(seed=0, size=100, noise=1.0, train_size=80)
-    line_small_noise: SplitSetConfig = SplitSetConfig(seed=42, size=100, noise=0.1, train_size=80)
+    line_small_noise: HeldOutSetConfig = HeldOutSetConfig(seed=42, size=100, noise=0.1, test_size=20)
     quadratic: ShuffledSplitSetConfig = ShuffledSplitSetConfig(seed=32, size=100, noise=5.0, train_size=70,
-                                                              split_seed=42)
+                                                              split_seed=0)
     parabola: SetConfig = SetConfig(seed=0, size=1000, noise=1.0)
     dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
+    adagrad_line: SetConfig = SetConfig(seed=0, size=100, noise=1.0)
     sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
                                                  val_count=20, test_count=20, moving_average=8)
     shapes: ShapesConfig = ShapesConfig(seed=0, count=800, size=96, val_count=160)
@@ -164,6 +171,9 @@ class TrainConfig(Strict):
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPU (fast only with avx512_bf16 or AMX); fp32: never.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     trainer: str = ENGINE  # or one of the task's hand-written loops (ModelConfig checks)
+    # epochs: each epoch cuts one permutation into batches (every row once). fresh_batches: every step draws a new
+    # random batch, as the course's mini-batch lesson does with next(iter(a shuffled DataLoader)).
+    sampling: Literal["epochs", "fresh_batches"] = "epochs"
     # Segmentation: every image and mask is resized to (height, width), multiples of 16, to train and evaluate.
     image_size: tuple[int, int] | None = None
 
@@ -300,6 +310,8 @@ class ModelConfig(Strict):
         for key in ("vflip", "rotate_limit"):
             if getattr(augment, key) and not segmentation:
                 raise ValueError(f"train.augment.{key}: only task segmentation augments this way, not {self.task}")
+        if self.train.sampling == "fresh_batches" and segmentation:
+            raise ValueError("train.sampling: fresh_batches draws from in-memory data; segmentation streams images")
         if augment.crop_padding and self.task != "classification":
             raise ValueError(f"train.augment.crop_padding: only task classification crops, not {self.task}")
         if augment.hflip and self.task in ("regression", "sequence"):
@@ -353,27 +365,32 @@ class StudyConfig(Strict):
         return arch, args, train
 
 
-STUDIES = ("gd_variants", "capacity", "dropout", "optimizers", "lr_schedules")
-
-
 class Params(Strict):
     fetch: FetchConfig = FetchConfig()
     synth: SynthConfig = SynthConfig()
     mlflow: MlflowConfig = MlflowConfig()
     registry: dict[str, RegistryRule] = Field(default_factory=default_registry)
     models: dict[str, ModelConfig]
-    # The course's studies: each a DVC stage of the same name, optional so a profile may leave them out.
-    gd_variants: StudyConfig | None = None
-    capacity: StudyConfig | None = None
-    dropout: StudyConfig | None = None
-    optimizers: StudyConfig | None = None
-    lr_schedules: StudyConfig | None = None
+    # The course's studies. In params.yaml each is a top-level section named as its study (so DVC tracks each on
+    # its own); _gather_studies collects the sections the study registry knows. A profile may leave them out.
+    studies: dict[str, StudyConfig] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_studies(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "studies" in raw:  # DVC tracks a study by its own section: keep them top-level
+            raise ValueError("studies: not a section; write each study as a top-level section named as the study")
+        if not isinstance(raw, dict) or set(raw) <= set(cls.model_fields):
+            return raw
+        from dltorch.studies.registry import names as study_names  # a listing of modules: imports no study
+
+        found = {key: value for key, value in raw.items() if key in study_names()}
+        return {**{k: v for k, v in raw.items() if k not in found}, "studies": found}
 
     def study(self, name: str) -> StudyConfig:
-        found = getattr(self, name, None) if name in STUDIES else None
-        if not isinstance(found, StudyConfig):
-            raise ParamsError(f"{name}: no such study in params.yaml; studies: {', '.join(STUDIES)}")
-        return found
+        if name not in self.studies:
+            raise ParamsError(f"{name}: no such study in params.yaml; studies: {', '.join(self.studies) or 'none'}")
+        return self.studies[name]
 
     @model_validator(mode="after")
     def _known_synthetic_sets(self) -> Params:
@@ -408,19 +425,25 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    schemas = (FetchConfig, SynthConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig, MlflowConfig,
-               AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig, VariantConfig,
-               StudyConfig, Params)
+    schemas = (FetchConfig, SynthConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig,
+               MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig,
+               VariantConfig, StudyConfig, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names
 
 
 def _describe(error: dict[str, Any]) -> str:
-    path = ".".join(str(part) for part in error["loc"])
+    loc = error["loc"][1:] if error["loc"][:1] == ("studies",) else error["loc"]  # study sections are top-level keys
+    path = ".".join(str(part) for part in loc)
     if error["type"] == "extra_forbidden":
         unknown = str(error["loc"][-1])
-        close = difflib.get_close_matches(unknown, _all_field_names(), n=1)
+        candidates = _all_field_names()
+        if len(loc) == 1:  # a top-level key may be a misspelt study section
+            from dltorch.studies.registry import names as study_names
+
+            candidates |= set(study_names())
+        close = difflib.get_close_matches(unknown, candidates, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{path}: unknown key{hint}"
     message = error["msg"].removeprefix("Value error, ")

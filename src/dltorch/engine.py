@@ -117,14 +117,26 @@ def _sample_ndim(data: TrainData) -> int:
     return data.inputs.ndim if isinstance(data, TensorData) else 1 + len(data.sample_shape)
 
 
-def batches(data: TrainData, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TensorData]:
-    """Slices of in-memory tensors, shuffled when a generator is given; or the streamed data's shuffled batches."""
+def batches(data: TrainData, batch_size: int, generator: torch.Generator | None = None,
+            fresh: bool = False) -> Iterator[TensorData]:
+    """Slices of in-memory tensors, shuffled when a generator is given; or the streamed data's shuffled batches.
+    `fresh`: as many batches, each the head of a new permutation (rows may recur within an epoch), as the course's
+    `next(iter(DataLoader(..., shuffle=True)))` draws a fresh random batch every step."""
+    if fresh:
+        if isinstance(data, StreamedData) or generator is None:
+            raise ValueError("fresh batches are drawn from in-memory data with the epoch's generator")
+        for _ in range(0, len(data), batch_size):
+            yield data.subset(torch.randperm(len(data), generator=generator)[:batch_size].to(data.inputs.device))
+        return
     if isinstance(data, StreamedData):
         if generator is None:
             raise ValueError("streamed data is only drawn shuffled, for training: pass the epoch's generator")
         yield from data.batches(batch_size, generator)
         return
-    order = torch.randperm(len(data), generator=generator).to(data.inputs.device) if generator is not None else None
+    # A batch holding the whole set is the same set in any order: shuffling it would only change the rounding of its
+    # loss, so the full-batch lessons sum their rows in the course's order.
+    shuffle = generator is not None and batch_size < len(data)
+    order = torch.randperm(len(data), generator=generator).to(data.inputs.device) if shuffle else None
     for start in range(0, len(data), batch_size):
         if order is None:
             yield TensorData(data.inputs[start : start + batch_size], data.targets[start : start + batch_size])
@@ -147,13 +159,13 @@ def train_one_epoch(
     on_step: StepCallback | None = None,
 ) -> dict[str, float]:
     model.train()
-    totals: dict[str, float] = {"loss": 0.0}
+    totals: dict[str, float] = {"loss": 0.0, "samples": 0.0}  # samples: fresh batches may see more rows than the set
     quiet = None if distributed.is_main() else True  # a bar on rank 0's terminal; none in logs
     # streamed samples come augmented, each with its target (a mask turns with its image): never a second time here
     augment = isinstance(data, TensorData) and (cfg.augment.crop_padding or cfg.augment.hflip)
     with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False,
               disable=quiet) as bar:
-        for batch in batches(data, batch_size, generator):
+        for batch in batches(data, batch_size, generator, fresh=cfg.sampling == "fresh_batches"):
             inputs, targets = batch.inputs, batch.targets
             if augment:
                 # augment the global batch, then shard: every rank draws the same random numbers
@@ -172,9 +184,12 @@ def train_one_epoch(
                 on_step(loss.item(), optimizer.param_groups[0]["lr"])
             scheduler.step()
             _accumulate(totals, loss.item() * len(targets), score_fn(outputs.detach(), targets))
+            totals["samples"] += len(targets)
             bar.update(len(batch.targets))
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return {name: value / len(data) for name, value in distributed.sum_across_ranks(totals).items()}
+    summed = distributed.sum_across_ranks(totals)
+    samples = summed.pop("samples")
+    return {name: value / samples for name, value in summed.items()}
 
 
 @torch.no_grad()
@@ -266,18 +281,20 @@ def fit(
     train: TrainData,
     val: TensorData | None,
     cfg: TrainConfig,
-    checkpoint_path: Path,
+    checkpoint_path: Path | None,
     fingerprint: str,
     monitor: tuple[str, str] = ("val_loss", "min"),
     resume: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Train for cfg.epochs (continuing from `resume`, a loaded checkpoint); returns the per-epoch history.
 
     The validation score `monitor` (name, "min" or "max") picks the best epoch, whose weights the model
     holds on return, and drives early stopping. A checkpoint is written to checkpoint_path after every
-    epoch, tagged with `fingerprint` and carrying `extra` (e.g. the tracking run id).
+    epoch, tagged with `fingerprint` and carrying `extra` (e.g. the tracking run id); none when checkpoint_path is
+    None (the studies rerun in seconds). `on_step` sees every optimizer step's batch loss and learning rate.
     """
     device = select_device(cfg.device)
     distributed.init(device)
@@ -290,12 +307,14 @@ def fit(
     for epoch in range(start, cfg.epochs + 1):
         if progress.should_stop(epoch - 1, cfg.early_stopping_patience):
             break
-        record = _run_epoch(trained, model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg, epoch, device)
+        record = _run_epoch(trained, model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg, epoch, device,
+                            on_step)
         progress.history.append(record)
         progress.improve(record, *monitor, model)
         if distributed.is_main():
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, progress, fingerprint, extra)
+            if checkpoint_path is not None:
+                _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, progress, fingerprint, extra)
             if on_epoch is not None:
                 on_epoch(record)
     if progress.best_state is not None:
@@ -309,13 +328,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _run_epoch(trained, model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg: TrainConfig, epoch: int,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, on_step: StepCallback | None = None) -> dict[str, Any]:
     """One epoch: `trained` (the model, or its DDP wrapper) learns; `model` itself is validated."""
     generator = epoch_generator(cfg.seed, epoch)
     started = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
     scores = train_one_epoch(trained, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator,
-                             device, cfg, desc=f"epoch {epoch}/{cfg.epochs}")
+                             device, cfg, desc=f"epoch {epoch}/{cfg.epochs}", on_step=on_step)
     seconds = time.perf_counter() - started
     record: dict[str, Any] = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
                               "samples_per_second": round(len(train) / seconds, 1)}

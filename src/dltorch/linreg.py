@@ -24,30 +24,34 @@ def gradient_step(w: float, b: float, x: np.ndarray, y: np.ndarray, lr: float) -
 
 
 def numpy_gd(x: np.ndarray, y: np.ndarray, lr: float, iterations: int) -> tuple[float, float, list[dict[str, Any]]]:
-    """Run gradient descent from w = b = 0; a history row holds the loss at the start of its iteration."""
+    """Run gradient descent from w = b = 0, in float64 as the course; a history row holds the loss at the start
+    of its iteration and the w, b its step reached (the last row's are the fit the course prints)."""
     w, b = 0.0, 0.0
     history = []
     for iteration in range(1, iterations + 1):
-        history.append({"epoch": iteration, "lr": lr, "train_loss": mse_loss(w, b, x, y)})
+        loss = mse_loss(w, b, x, y)
         w, b = gradient_step(w, b, x, y, lr)
+        # train_loss last: dvc.yaml's history plot draws a row's last field
+        history.append({"epoch": iteration, "lr": lr, "w": w, "b": b, "train_loss": loss})
     return w, b, history
 
 
 def manual_autograd(x: torch.Tensor, y: torch.Tensor, lr: float, epochs: int,
                     seed: int) -> tuple[float, float, list[dict[str, Any]]]:
-    """w, b = randn(1) each (requires_grad), as the course; autograd's gradients applied by hand."""
-    generator = torch.Generator().manual_seed(seed)
-    b = torch.randn(1, generator=generator).requires_grad_()
+    """As the course: w = randn(1), b = zeros(1), both requiring grad; autograd's gradients applied by hand.
+    The course's randn is unseeded; torch.manual_seed(seed) before it makes the run reproducible."""
+    generator = torch.Generator().manual_seed(seed)  # the same stream as torch.manual_seed(seed)
     w = torch.randn(1, generator=generator).requires_grad_()
+    b = torch.zeros(1, requires_grad=True)
     history = []
     for epoch in range(1, epochs + 1):
-        loss = ((b + w * x - y) ** 2).mean()
+        loss = ((w * x + b - y) ** 2).mean()
         loss.backward()
         with torch.no_grad():  # the update itself must not become part of the graph
-            b -= lr * b.grad
             w -= lr * w.grad
-        b.grad.zero_()
+            b -= lr * b.grad
         w.grad.zero_()
+        b.grad.zero_()
         history.append({"epoch": epoch, "lr": lr, "train_loss": loss.item()})
     return w.item(), b.item(), history
 

@@ -79,7 +79,7 @@ def study_run(experiment: str, study: str) -> Iterator[Any]:
     import mlflow
 
     with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=study) as run:
-        mlflow.set_tags({"git_commit": _git_commit(), "dvc_stage": study, "study": study})
+        mlflow.set_tags({"git_commit": _git_commit(), "dvc_stage": f"study@{study}", "study": study})
         yield run
 
 

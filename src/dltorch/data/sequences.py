@@ -17,7 +17,7 @@ import torch
 
 from dltorch.config import SequencesConfig
 from dltorch.errors import DataError
-from dltorch.io import atomic_dir, folder_digest
+from dltorch.io import atomic_dir, folder_digest, write_csv
 
 SERIES_FILE, SPEC_FILE = "series.csv", "spec.json"
 SPLITS = ("train", "val", "test")
@@ -62,10 +62,8 @@ def generate(cfg: SequencesConfig) -> SeriesSet:
 def write(data: SeriesSet, folder: Path) -> str:
     """The set as <folder>/series.csv and spec.json, replacing the folder atomically; returns its SHA-256."""
     with atomic_dir(folder) as tmp:
-        with open(tmp / SERIES_FILE, "w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["split", *(f"v{i}" for i in range(data.values.shape[1]))])
-            writer.writerows([s, *map(repr, map(float, row))] for s, row in zip(data.split, data.values, strict=True))
+        write_csv(tmp / SERIES_FILE, ["split", *(f"v{i}" for i in range(data.values.shape[1]))],
+                  ([s, *map(float, row)] for s, row in zip(data.split, data.values, strict=True)))
         (tmp / SPEC_FILE).write_text(json.dumps(data.spec.__dict__, indent=2) + "\n")
     return folder_digest(folder)
 

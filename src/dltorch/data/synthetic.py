@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dltorch.config import SetConfig, ShuffledSplitSetConfig, SplitSetConfig, SynthConfig
+from dltorch.config import HeldOutSetConfig, SetConfig, ShuffledSplitSetConfig, SplitSetConfig, SynthConfig
 from dltorch.errors import DataError
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 
 HEADER = ["x", "y", "split"]
 SPLITS = ("train", "test")
@@ -48,25 +48,31 @@ def line(cfg: SplitSetConfig) -> SetData:
     return SetData(x, y, _labels(cfg.size, np.arange(cfg.train_size)))
 
 
-def line_small_noise(cfg: SplitSetConfig) -> SetData:
-    """np.random.seed(42); x = rand(100, 1); y = 1 + 2x + 0.1 randn(100, 1); then, as the course,
-    the same RNG shuffles the indices and the first 80 of them train."""
+def line_small_noise(cfg: HeldOutSetConfig) -> SetData:
+    """np.random.seed(42); x = rand(100, 1); y = 1 + 2x + 0.1 randn(100, 1): the course trains on all 100 rows.
+    The test rows are an extra the course does not have: test_size more points drawn after, from the same RNG,
+    so they leave the course's training rows untouched."""
     rng = np.random.RandomState(cfg.seed)
     x = rng.rand(cfg.size, 1)
     y = 1 + 2 * x + cfg.noise * rng.randn(cfg.size, 1)
-    order = np.arange(cfg.size)
-    rng.shuffle(order)
-    return SetData(x.ravel(), y.ravel(), _labels(cfg.size, order[: cfg.train_size]))
+    x_test = rng.rand(cfg.test_size, 1)
+    y_test = 1 + 2 * x_test + cfg.noise * rng.randn(cfg.test_size, 1)
+    xs, ys = np.concatenate([x, x_test]).ravel(), np.concatenate([y, y_test]).ravel()
+    return SetData(xs, ys, _labels(cfg.size + cfg.test_size, np.arange(cfg.size)))
 
 
 def quadratic(cfg: ShuffledSplitSetConfig) -> SetData:
-    """np.random.seed(32); x ~ uniform(-5, 5, 100); y = x^2 + 1 + 5 normal(0, 1, 100); a 70/30 split drawn
-    like sklearn's train_test_split(test_size=30, random_state=split_seed): test rows first in a permutation."""
+    """np.random.seed(32); x ~ uniform(-5, 5, 100); y = x^2 + 1 + 5 normal(0, 1, 100); then the course's
+    train_test_split(X, Y, test_size=0.3, random_state=split_seed), reproduced without sklearn: its ShuffleSplit
+    draws RandomState(random_state).permutation(n); the first n_test indices test, the next n_train train.
+    Rows are written in that order (train rows, then test rows), so each part equals the course's X_train / X_test."""
     rng = np.random.RandomState(cfg.seed)
     x = rng.uniform(-5, 5, cfg.size)
     y = x**2 + 1 + cfg.noise * rng.normal(0, 1, cfg.size)
+    test_size = cfg.size - cfg.train_size
     order = np.random.RandomState(cfg.split_seed).permutation(cfg.size)
-    return SetData(x, y, _labels(cfg.size, order[cfg.size - cfg.train_size :]))
+    rows = np.concatenate([order[test_size:], order[:test_size]])  # train rows first, each part in permutation order
+    return SetData(x[rows], y[rows], _labels(cfg.size, np.arange(cfg.train_size)))
 
 
 def parabola(cfg: SetConfig) -> SetData:
@@ -91,8 +97,20 @@ def dropout_points(cfg: SetConfig) -> SetData:
     return SetData(xs, ys, _labels(2 * cfg.size, np.arange(cfg.size)))
 
 
+def adagrad_line(cfg: SetConfig) -> SetData:
+    """The AdaGrad lesson's data: X = torch.randn(100, 1); y = 2X + 3 + torch.randn(100, 1); every row trains.
+    The course's randn is unseeded; torch.manual_seed(seed) precedes it here (float32, as the course)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.size, 1, generator=generator)
+    y = 2 * x + 3 + cfg.noise * torch.randn(cfg.size, 1, generator=generator)
+    return SetData(x.numpy().ravel().astype(np.float64), y.numpy().ravel().astype(np.float64),
+                   _labels(cfg.size, np.arange(cfg.size)))
+
+
 GENERATORS = {"line": line, "line_small_noise": line_small_noise, "quadratic": quadratic, "parabola": parabola,
-              "dropout_points": dropout_points}
+              "dropout_points": dropout_points, "adagrad_line": adagrad_line}
 
 
 def generate(name: str, cfg: SynthConfig) -> SetData:
@@ -103,14 +121,8 @@ def generate(name: str, cfg: SynthConfig) -> SetData:
 
 def write_set(data: SetData, path: Path) -> str:
     """Write the CSV atomically; returns its SHA-256."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(HEADER)
-            writer.writerows((repr(float(x)), repr(float(y)), s) for x, y, s in zip(data.x, data.y, data.split,
-                                                                                      strict=True))
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    return digest
+    write_csv(path, HEADER, ((float(x), float(y), s) for x, y, s in zip(data.x, data.y, data.split, strict=True)))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_sets(cfg: SynthConfig, out_dir: Path) -> dict[str, str]:

@@ -11,8 +11,13 @@ from dltorch.models.registry import register_model
 
 @register_model
 def mlp(
-    in_shape: tuple[int, ...], num_classes: int, hidden: list[int] = [512, 512], dropout: float = 0.0  # noqa: B006
+    in_shape: tuple[int, ...], num_classes: int, hidden: list[int] = [512, 512], dropout: float = 0.0,  # noqa: B006
+    zero_init: bool = False,
 ) -> nn.Module:
+    """zero_init: the line (no hidden layer) starts from w = b = 0, as the course's AdaGrad lesson; hidden layers
+    started at zero would stay identical, hence refused."""
+    if zero_init and hidden:
+        raise ValueError("zero_init: only for a line (hidden: []); zero hidden units would all stay identical")
     layers: list[nn.Module] = [nn.Flatten()]
     width = prod(in_shape)
     for size in hidden:
@@ -21,4 +26,7 @@ def mlp(
             layers.append(nn.Dropout(dropout))
         width = size
     layers.append(nn.Linear(width, num_classes))
+    if zero_init:
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
     return nn.Sequential(*layers)

@@ -1,10 +1,11 @@
 """The course's studies: each compares variants of one training recipe on a synthetic set.
 
-A study is a DVC stage of the same name (stages/<study>.py) and a params.yaml section listing its variants.
-`run_study` trains every variant with the engine's own pieces, then writes a comparison figure, a metrics
-JSON (for `dvc metrics`), long-format curves (for `dvc plots`), and one MLflow parent run with a child per variant.
+A study is a module here (a registered Study subclass) and a params.yaml section of the same name listing its
+variants; the DVC stage `study@<name>` (stages/study.py) runs it. `common.run_study` trains every variant through
+engine.fit, then writes a comparison figure, a metrics JSON (for `dvc metrics`), long-format curves (for
+`dvc plots`), and one MLflow parent run with a child per variant.
 """
 
-from dltorch.studies.common import run_study
+from dltorch.studies.registry import get, names, register_study
 
-__all__ = ["run_study"]
+__all__ = ["get", "names", "register_study"]

@@ -1,23 +1,25 @@
-"""What every study shares: train one variant, track it, write the outputs."""
+"""What every study shares: the Study base class, training a variant through engine.fit, tracking, the outputs.
+
+Depends on no concrete study (they import it); studies are found by name in studies/registry.py.
+"""
 
 from __future__ import annotations
 
-import csv
-import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from dltorch import engine, tracking
+from dltorch import engine, plots, tracking
 from dltorch.config import Params, TrainConfig
 from dltorch.data.images import TensorData
 from dltorch.data.synthetic import read_set
-from dltorch.io import atomic_path, write_json
+from dltorch.io import write_csv, write_json
 from dltorch.models import create
+from dltorch.studies import registry
 from dltorch.tasks.regression import TASK as regression
 
 FIGURE_FILE = "comparison.png"
@@ -38,6 +40,34 @@ class VariantResult:
         return self.epochs[-1][key]
 
 
+def lowest(summaries: dict[str, dict[str, float]], key: str) -> str:
+    """The variant with the lowest `key` (e.g. the best final loss)."""
+    return min(summaries, key=lambda name: summaries[name][key])
+
+
+class Study(ABC):
+    """One study: what to record per variant, how to summarize it, what to draw. Register with @register_study."""
+
+    name: ClassVar[str]  # the params.yaml section and the DVC stage study@<name>
+    curve: ClassVar[tuple[str, list[str]]]  # curves.csv: a row per "steps" or "epochs", with these fields
+    headline: ClassVar[str] = "final_loss"  # the summary key whose lowest variant is the verdict `lowest_<key>`
+
+    @abstractmethod
+    def summarize_variant(self, result: VariantResult) -> dict[str, float]: ...
+
+    @abstractmethod
+    def figure(self, results: dict[str, VariantResult], train: TensorData, test: TensorData | None,
+               path: Path) -> Path: ...
+
+    def verdicts(self, variants: dict[str, dict[str, float]]) -> dict[str, str]:
+        return {f"lowest_{self.headline}": lowest(variants, self.headline)}
+
+    def summarize(self, results: dict[str, VariantResult]) -> dict[str, Any]:
+        """metrics.json: the verdicts, then every variant's summary."""
+        variants = {name: self.summarize_variant(result) for name, result in results.items()}
+        return {**self.verdicts(variants), "variants": variants}
+
+
 def load_set(data: Path) -> tuple[TensorData, TensorData | None]:
     """The set's train rows, and its test rows when it has any (parabola trains on every row)."""
     train, _ = regression.load_train_val(data, data.stem, 0, 0)
@@ -47,27 +77,26 @@ def load_set(data: Path) -> tuple[TensorData, TensorData | None]:
 
 def train_variant(arch: str, args: dict[str, Any], cfg: TrainConfig, train: TensorData,
                   test: TensorData | None) -> VariantResult:
-    """The engine's epoch (train_one_epoch) and evaluation, watched step by step; no checkpoints, as a study
-    reruns in seconds. Seeding right before building gives variants of one architecture the same initial weights."""
+    """engine.fit, watched step by step; after each epoch the whole train (and test) rows' loss in eval mode
+    (dropout off), which picks no "best" epoch: the study compares where each variant ends. No checkpoint, as a
+    study reruns in seconds. Seeding right before building gives variants of one architecture the same weights."""
     torch.manual_seed(cfg.seed)
     model = create(arch, args, in_shape=tuple(train.inputs.shape[1:]), num_classes=1)
-    device = engine.select_device(cfg.device)
-    model.to(device)
     loss_fn = regression.make_loss(cfg.loss)
-    optimizer = engine.make_optimizer(model.parameters(), cfg)
-    scheduler = engine.make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
+    device = engine.select_device(cfg.device)
     result = VariantResult(model)
 
     def on_step(loss: float, lr: float) -> None:
         result.steps.append({"step": len(result.steps) + 1, "loss": loss, "lr": lr})
 
-    for epoch in range(1, cfg.epochs + 1):
-        engine.train_one_epoch(model, loss_fn, regression.batch_scores, optimizer, scheduler, train, cfg.batch_size,
-                               engine.epoch_generator(cfg.seed, epoch), device, cfg, f"epoch {epoch}", on_step)
-        record = {"epoch": epoch, "train_loss": _loss(model, loss_fn, train, device)}
+    def on_epoch(record: dict[str, Any]) -> None:
+        row = {"epoch": record["epoch"], "train_loss": _loss(model, loss_fn, train, device)}
         if test is not None:
-            record["test_loss"] = _loss(model, loss_fn, test, device)
-        result.epochs.append(record)
+            row["test_loss"] = _loss(model, loss_fn, test, device)
+        result.epochs.append(row)
+
+    engine.fit(model, loss_fn, regression.batch_scores, train, None, cfg, checkpoint_path=None, fingerprint="",
+               on_epoch=on_epoch, on_step=on_step)
     model.cpu().eval()
     return result
 
@@ -78,7 +107,7 @@ def _loss(model: nn.Module, loss_fn: Any, data: TensorData, device: torch.device
 
 def run_study(name: str, params: Params, data: Path, out_dir: Path) -> dict[str, Any]:
     """Train every variant of study `name` inside one MLflow parent run; returns the metrics it wrote."""
-    study, cfg = _module(name), params.study(name)
+    study, cfg = registry.get(name), params.study(name)
     train, test = load_set(data)
     results: dict[str, VariantResult] = {}
     with tracking.study_run(params.mlflow.experiment, name):
@@ -94,37 +123,25 @@ def run_study(name: str, params: Params, data: Path, out_dir: Path) -> dict[str,
         metrics = study.summarize(results)
         figure = study.figure(results, train, test, out_dir / FIGURE_FILE)
         write_json(out_dir / METRICS_FILE, metrics)
-        write_curves(out_dir / CURVES_FILE, results, study.CURVE)
+        write_curves(out_dir / CURVES_FILE, results, study.curve)
         tracking.log_metrics(metrics)  # the parent holds every variant's summary too, for one-glance comparison
         tracking.log_artifacts([figure, out_dir / METRICS_FILE, out_dir / CURVES_FILE], name)
     return metrics
-
-
-def per_variant(results: dict[str, VariantResult], summarize_variant: Any) -> dict[str, dict[str, float]]:
-    return {name: summarize_variant(result) for name, result in results.items()}
-
-
-def lowest(summaries: dict[str, dict[str, float]], key: str) -> str:
-    """The variant with the lowest `key` (e.g. the best final loss)."""
-    return min(summaries, key=lambda name: summaries[name][key])
 
 
 def write_curves(path: Path, results: dict[str, VariantResult], curve: tuple[str, list[str]]) -> None:
     """Long format, one row per (variant, step or epoch): dvc plots colours the lines by `variant`."""
     series, fields = curve
     x = "step" if series == "steps" else "epoch"
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["variant", x, *fields])
-        for variant, result in results.items():
-            writer.writerows([variant, row[x], *(row[f] for f in fields)] for row in getattr(result, series))
+    rows = ([variant, row[x], *(row[f] for f in fields)] for variant, result in results.items()
+            for row in getattr(result, series))
+    write_csv(path, ["variant", x, *fields], rows)
 
 
-def _module(name: str) -> ModuleType:
-    from dltorch.studies import capacity, dropout, gd_variants, lr_schedules, optimizers
-
-    studies = {"gd_variants": gd_variants, "capacity": capacity, "dropout": dropout, "optimizers": optimizers,
-               "lr_schedules": lr_schedules}
-    if name not in studies:
-        raise ValueError(f"unknown study '{name}'; known: {', '.join(studies)}")
-    return studies[name]
+def loss_curves(results: dict[str, VariantResult], title: str, path: Path) -> Path:
+    """Each variant's loss over the whole training set after every epoch, its final value in brackets."""
+    curves = {f"{name} ({r.final('train_loss'):.3g})": ([row["epoch"] for row in r.epochs],
+                                                        [row["train_loss"] for row in r.epochs])
+              for name, r in results.items()}
+    return plots.panels([plots.Panel("training loss (final in brackets)", "epoch", "loss (MSE)", curves)],
+                        title, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from torch import nn
 from dltorch import plots
 from dltorch.config import TrainConfig
 from dltorch.data.images import CLASSES, TensorData, channel_stats, load_split, split_validation
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
 GRID_SIZE = 32
@@ -111,10 +110,8 @@ def report(run: Evaluation) -> tuple[dict, list[Path]]:
 
 
 def _write_predictions(path: Path, targets: list[int], predicted: list[int], classes: list[str]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((classes[t], classes[p]) for t, p in zip(targets, predicted, strict=True))
+    rows = ((classes[t], classes[p]) for t, p in zip(targets, predicted, strict=True))
+    write_csv(path, ["actual", "predicted"], rows)
 
 
 def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:

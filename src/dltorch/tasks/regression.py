@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from dltorch.config import TrainConfig
 from dltorch.data.images import TensorData, split_validation
 from dltorch.data.synthetic import read_set
 from dltorch.errors import DataError, ParamsError
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
 
@@ -112,6 +111,9 @@ def report(run: Evaluation) -> tuple[dict, list[Path]]:
         w_ls, b_ls = linreg.least_squares(x_train, y_train)
         metrics.update(w=linear.weight.item(), b=linear.bias.item(), closed_form_w=w_ls, closed_form_b=b_ls)
         lines["least squares"] = lambda xs: w_ls * xs + b_ls
+    if run.history and "w" in run.history[-1]:  # numpy's lesson fits in float64: its w, b, not the float32 Linear's
+        w, b = run.history[-1]["w"], run.history[-1]["b"]
+        metrics.update(w=w, b=b, train_mse=linreg.mse_loss(w, b, x_train, y_train))
     x_test, y_test = test.inputs.squeeze(1).numpy(), test.targets.squeeze(1).numpy()
     predicted = run.outputs.squeeze(1).numpy()
     figures = [
@@ -125,10 +127,7 @@ def report(run: Evaluation) -> tuple[dict, list[Path]]:
 
 
 def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((repr(float(a)), repr(float(p))) for a, p in zip(actual, predicted, strict=True))
+    write_csv(path, ["actual", "predicted"], ((float(a), float(p)) for a, p in zip(actual, predicted, strict=True)))
 
 
 TASK = register_task(Task(

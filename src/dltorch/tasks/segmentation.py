@@ -3,7 +3,6 @@ with dynamic batch, height and width."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from dltorch.data.images import TensorData
 from dltorch.data.shapes import IMAGES, MASKS
 from dltorch.data.streamed import StreamedData
 from dltorch.errors import DataError, ParamsError
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
 GOAL_DICE = 0.95
@@ -150,11 +149,8 @@ def report(run: Evaluation) -> tuple[dict, list[Path]]:
 def _write_predictions(path: Path, truth: torch.Tensor, predicted: torch.Tensor) -> None:
     """One row per image: the true and the predicted foreground fraction (a scatter, like a regression's)."""
     actual, guessed = truth.flatten(1).double().mean(1), predicted.flatten(1).double().mean(1)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "actual", "predicted"])
-        writer.writerows((i, f"{a:.6g}", f"{p:.6g}") for i, (a, p) in enumerate(zip(actual.tolist(),
-                                                                                   guessed.tolist(), strict=True)))
+    rows = ((i, f"{a:.6g}", f"{p:.6g}") for i, (a, p) in enumerate(zip(actual.tolist(), guessed.tolist(), strict=True)))
+    write_csv(path, ["image", "actual", "predicted"], rows)
 
 
 TASK = register_task(Task(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from dltorch.config import TrainConfig
 from dltorch.data import sequences
 from dltorch.data.images import TensorData
 from dltorch.errors import DataError
-from dltorch.io import atomic_path
+from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
 GOAL_RATIO = 0.2  # the goal: the model's test MSE at most this fraction of the last-value baseline's
@@ -119,12 +118,10 @@ def report(run: Evaluation) -> tuple[dict, list[Path]]:
 
 def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) -> None:
     """One row per forecast step of every test window: which window, which step ahead, actual and predicted."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["window", "step", "actual", "predicted"])
-        for index, (truth, forecast) in enumerate(zip(actual, predicted, strict=True)):
-            writer.writerows((index, step + 1, f"{float(a):.6g}", f"{float(p):.6g}")
-                             for step, (a, p) in enumerate(zip(truth, forecast, strict=True)))
+    rows = ((index, step + 1, f"{float(a):.6g}", f"{float(p):.6g}")
+            for index, (truth, forecast) in enumerate(zip(actual, predicted, strict=True))
+            for step, (a, p) in enumerate(zip(truth, forecast, strict=True)))
+    write_csv(path, ["window", "step", "actual", "predicted"], rows)
 
 
 TASK = register_task(Task(

@@ -1,20 +1,21 @@
-"""DVC stage `gd_variants`: full-batch, stochastic and mini-batch gradient descent (params.yaml `gd_variants`)."""
+"""DVC stage `study@<name>`: one of the course's studies (params.yaml section <name>, src/dltorch/studies/)."""
 
 import argparse
 from pathlib import Path
 
 from dltorch.config import load_params
 from dltorch.entry import run_stage
-from dltorch.studies import run_study
+from dltorch.studies.common import run_study
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--study", required=True, help="a registered study, and its section of params.yaml")
     parser.add_argument("--data", type=Path, required=True, help="the synthetic set it reads (a CSV)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the figure, metrics and curves")
     args = parser.parse_args()
-    metrics = run_study("gd_variants", load_params(args.params), args.data, args.out)
+    metrics = run_study(args.study, load_params(args.params), args.data, args.out)
     print({k: v for k, v in metrics.items() if k != "variants"})
 
 
