@@ -25,6 +25,8 @@ SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<s
 FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
 # A UNet of up to four levels halves each side four times: sides must be multiples of this.
 SIDE_MULTIPLE = 16
+# The ONNX opsets an export may ask for: torch.onnx builds at 18 and up; 23 is the newest onnxruntime here runs.
+MIN_OPSET, MAX_OPSET = 18, 23
 
 
 class Strict(BaseModel):
@@ -191,7 +193,7 @@ class TrainConfig(Strict):
 
 
 class ExportConfig(Strict):
-    opset: int = Field(18, ge=18, le=23)
+    opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=MAX_OPSET)
     atol: float = Field(1e-4, gt=0)
     batch_size: int = Field(1000, ge=1)
     # INT8 by onnxruntime: `dynamic` (weights int8, activations quantized at run time) suits MatMul-heavy models
