@@ -21,6 +21,21 @@ Trainer = Literal["engine", "numpy_gd", "manual_autograd"]
 SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points"]
 TASK_LOSSES = {"classification": ("cross_entropy", "mse_onehot"), "regression": ("mse",), "sequence": ("mse",),
                "segmentation": ("bce", "bce_dice")}
+# Each task's numeric test metrics in evaluate's metrics.json (tasks/<task>.report), with the direction that is
+# better; evaluate checks that the report has every one. A per-model gate may bound any of them.
+TASK_METRICS: dict[str, dict[str, Literal["max", "min"]]] = {
+    "classification": {"test_accuracy": "max", "test_loss": "min"},
+    "regression": {"test_mse": "min", "train_mse": "min"},
+    "sequence": {"test_mse": "min", "test_mae": "min", "mse_ratio_last_value": "min",
+                 "mse_ratio_moving_average": "min"},
+    "segmentation": {"dice": "max", "iou": "max", "pixel_accuracy": "max", "loss": "min"},
+}
+# Of those, what the export stage also scores on onnxruntime outputs (tasks/<task>.onnx_metrics): the metrics a
+# registry rule can rank versions by, since the INT8 gate compares the int8 and fp32 files by the same metric.
+RANKED_METRICS = {"classification": ("test_accuracy",), "regression": ("test_mse",), "sequence": ("test_mse",),
+                  "segmentation": ("dice",)}
+BETTER = {"max": "higher", "min": "lower"}
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the others have no momentum argument: a momentum would be ignored
 SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
 FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
 # A UNet of up to four levels halves each side four times: sides must be multiples of this.
@@ -189,7 +204,28 @@ class TrainConfig(Strict):
                              "processes at least one sample")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs: must be less than epochs ({self.epochs})")
+        self._nothing_ignored()
         return self
+
+    def _nothing_ignored(self) -> None:
+        """A setting the chosen optimizer, loss, schedule or trainer would silently ignore is an error."""
+        if self.momentum and self.optimizer not in MOMENTUM_OPTIMIZERS:
+            raise ValueError(f"momentum: optimizer '{self.optimizer}' has none (only {', '.join(MOMENTUM_OPTIMIZERS)})")
+        if self.label_smoothing and self.loss != "cross_entropy":
+            raise ValueError(f"label_smoothing: only loss 'cross_entropy' smooths labels, not '{self.loss}'")
+        if self.warmup_epochs and self.scheduler == "onecycle":
+            raise ValueError("warmup_epochs: scheduler 'onecycle' warms up by itself; set warmup_epochs to 0")
+        if self.trainer == "engine":
+            return
+        if self.distributed.nproc > 1:
+            raise ValueError(f"distributed.nproc: trainer '{self.trainer}' runs in one process; only 'engine' "
+                             "trains with DDP")
+        # the course's hand-written loops (linreg.py) read lr, epochs and seed only
+        for key in ("momentum", "weight_decay", "grad_clip"):
+            if getattr(self, key):
+                raise ValueError(f"{key}: trainer '{self.trainer}' ignores it; only 'engine' applies it")
+        if self.scheduler != "none":
+            raise ValueError(f"scheduler: trainer '{self.trainer}' keeps lr constant; only 'engine' schedules it")
 
 
 class ExportConfig(Strict):
@@ -205,6 +241,29 @@ class ExportConfig(Strict):
     # The int8 model is registered only if its score is at most this much below the fp32 model's
     # (0.005 = 0.5 accuracy points).
     int8_max_drop: float = Field(0.005, ge=0)
+
+
+class GateConfig(Strict):
+    """A quality gate: evaluate fails when the model's test `metric` falls below `min` (a score) or above `max`
+    (an error), so `dvc repro` stops before a regression is exported."""
+
+    metric: str = Field(min_length=1)  # a key of TASK_METRICS[task]
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> GateConfig:
+        if (self.min is None) == (self.max is None):
+            raise ValueError("give exactly one bound: `min` (for a score) or `max` (for an error)")
+        return self
+
+    @property
+    def bound(self) -> Literal["min", "max"]:
+        return "min" if self.min is not None else "max"
+
+    @property
+    def required(self) -> float:
+        return self.min if self.min is not None else self.max  # type: ignore[return-value]
 
 
 class RegistryRule(Strict):
@@ -231,6 +290,7 @@ class ModelConfig(Strict):
     args: dict[str, Any]
     train: TrainConfig
     export: ExportConfig = ExportConfig()
+    gate: GateConfig | None = None
 
     @field_validator("arch")
     @classmethod
@@ -247,7 +307,30 @@ class ModelConfig(Strict):
         if self.train.trainer != "engine" and self.task != "regression":
             raise ValueError(f"train.trainer: '{self.train.trainer}' trains a regression only (task: regression)")
         self._task_settings()
+        self._gate_measurable()
+        self._exportable()
         return self
+
+    def _gate_measurable(self) -> None:
+        if self.gate is None:
+            return
+        known = TASK_METRICS[self.task]
+        if self.gate.metric not in known:
+            raise ValueError(f"gate.metric: '{self.gate.metric}' is not a {self.task} metric; known: "
+                             f"{', '.join(known)}")
+        # a score (better: max) needs a lower bound, an error (better: min) an upper one
+        wanted = "min" if known[self.gate.metric] == "max" else "max"
+        if self.gate.bound != wanted:
+            raise ValueError(f"gate.{self.gate.bound}: {self.gate.metric} is better {BETTER[known[self.gate.metric]]}; "
+                             f"bound it with `{wanted}:`")
+
+    def _exportable(self) -> None:
+        """A recurrent model exports through onnx_rnn.py, written against one torch release's private APIs."""
+        from dltorch.onnx_rnn import unsupported_torch
+
+        problem = unsupported_torch() if self.arch == "lstm" else None
+        if problem:
+            raise ValueError(f"args.cell: {problem}")
 
     def _task_settings(self) -> None:
         """Settings that only one task reads are errors elsewhere, rather than silently ignored."""
@@ -344,6 +427,18 @@ class Params(Strict):
         return self
 
     @model_validator(mode="after")
+    def _ranked_by_a_metric(self) -> Params:
+        for task, rule in self.registry.items():
+            ranked = RANKED_METRICS[task]
+            if rule.metric not in ranked:
+                raise ValueError(f"registry.{task}.metric: '{rule.metric}' is not a metric {task} versions can be "
+                                 f"ranked by (evaluate and the INT8 gate both measure it); known: {', '.join(ranked)}")
+            if rule.direction != TASK_METRICS[task][rule.metric]:
+                raise ValueError(f"registry.{task}.direction: {rule.metric} is better "
+                                 f"{BETTER[TASK_METRICS[task][rule.metric]]}, so `{TASK_METRICS[task][rule.metric]}`")
+        return self
+
+    @model_validator(mode="after")
     def _every_task_ranked(self) -> Params:
         for name, model in self.models.items():
             if model.task not in self.registry:
@@ -362,8 +457,8 @@ class Params(Strict):
 def _all_field_names() -> set[str]:
     names: set[str] = set()
     schemas = (FetchConfig, SynthConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig, MlflowConfig,
-               AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig, VariantConfig,
-               StudyConfig, Params)
+               AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, GateConfig, RegistryRule, ModelConfig,
+               VariantConfig, StudyConfig, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names
