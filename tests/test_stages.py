@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 import dltorch.pipeline.export as export_stage
 from dltorch.bundle import load_model
-from dltorch.config import parse_params
-from dltorch.errors import CheckpointError, ParityError
+from dltorch.config import GateConfig, parse_params
+from dltorch.errors import CheckpointError, ParityError, QualityGateError
 from dltorch.export import export_onnx
 from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import export
@@ -98,6 +98,21 @@ def test_evaluate_writes_metrics_figures_and_plots_data(tmp_path, raw_root, trai
     assert run.data.metrics["test_accuracy"] == pytest.approx(saved["test_accuracy"])
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
     assert {"evaluate/confusion.png", "evaluate/curves.png", "evaluate/predictions.png"} <= artifacts
+
+
+def test_a_model_below_its_gate_fails_evaluate_with_whole_outputs(tmp_path, raw_root, trained):
+    """The loss is above 0, so `max: 0` fails: a clear error with both numbers, every output written whole with
+    the verdict, the run FAILED; a gate it meets passes and is recorded too."""
+    out = tmp_path / "eval"
+    with pytest.raises(QualityGateError, match=r"mlp: test_loss: measured 0\.\d{4} vs required <= 0\.0000: failed"):
+        evaluate(raw_root, trained, out, GateConfig(metric="test_loss", max=0.0))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["gate"]["passed"] is False and saved["gate"]["measured"] == saved["test_loss"] > 0
+    assert (out / "predictions.csv").read_text().count("\n") == 1 + 60
+    assert _run(trained).info.status == "FAILED"
+    metrics = evaluate(raw_root, trained, out, GateConfig(metric="test_accuracy", min=0.0))
+    assert metrics["gate"]["passed"] is True and metrics["gate"]["required"] == 0.0
+    assert _run(trained).data.tags["gate"].endswith("passed")
 
 
 def test_export_passes_parity_and_logs_an_onnx_model_with_signature(tmp_path, raw_root, trained, evaluated):
