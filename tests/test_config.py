@@ -163,3 +163,16 @@ def test_stage_with_bad_params_exits_nonzero_and_writes_nothing(tmp_path: Path, 
     assert f"{params_file}: models.mlp.train.lr: Input should be greater than 0" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_missing_cuda_device_is_a_device_error(monkeypatch):
+    """Not a checkpoint problem: the error says what is missing, and a stage exits 2 on it (a DltorchError)."""
+    import torch
+
+    from dltorch.engine import select_device
+    from dltorch.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="train.device is 'cuda' but no CUDA device is available"):
+        select_device("cuda")
+    assert select_device("auto") == torch.device("cpu")
