@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -176,3 +177,18 @@ def test_a_missing_cuda_device_is_a_device_error(monkeypatch):
     with pytest.raises(DeviceError, match="train.device is 'cuda' but no CUDA device is available"):
         select_device("cuda")
     assert select_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("task", "outputs", "targets"), [
+    ("classification", np.eye(10, dtype=np.float32)[:4], np.arange(4)),
+    ("regression", np.ones((4, 1), np.float32), np.zeros((4, 1))),
+    ("sequence", np.ones((4, 3), np.float32), np.zeros((4, 3))),
+    ("segmentation", np.ones((2, 1, 4, 4), np.float32), np.ones((2, 1, 4, 4), np.float32)),
+])
+def test_a_ranked_metric_is_one_the_int8_gate_can_score(task, outputs, targets):
+    """RANKED_METRICS lets params name a registry metric before anything runs: it must be what the task scores on
+    onnxruntime outputs (evaluate checks TASK_METRICS against its report in the same way)."""
+    from dltorch.config import RANKED_METRICS, TASK_METRICS
+    from dltorch.tasks import get_task
+
+    assert set(get_task(task).onnx_metrics(outputs, targets)) == set(RANKED_METRICS[task]) <= set(TASK_METRICS[task])
