@@ -123,7 +123,8 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert run.data.tags["registry.fp32.decision"] == "promoted"
     deploy = json.loads((repo / "models/mlp/deploy.json").read_text())
     assert (repo / "models/mlp/model.int8.onnx").stat().st_size > 0
-    assert deploy["int8"]["passed"] == (deploy["int8"]["drop"] <= 0.005)
+    # registered only if accurate and faster (which of the two holds on this machine is not the test's business)
+    assert deploy["int8"]["passed"] == (deploy["int8"]["accurate"] and deploy["int8"]["faster"])
     int8_registered = "mlp-int8" in {m.name for m in client.search_registered_models()}
     assert int8_registered == deploy["int8"]["passed"], deploy["int8"]["reason"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}
