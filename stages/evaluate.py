@@ -1,4 +1,5 @@
-"""DVC stage `evaluate@<model>`: test-set metrics, figures and plots data for one trained model."""
+"""DVC stage `evaluate@<model>`: test-set metrics, figures and plots data for one trained model; fails (exit 2)
+when the model misses its `gate` in params.yaml."""
 
 from pathlib import Path
 
@@ -12,8 +13,8 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="the trained model's folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics and figures")
     args = parser.parse_args()
-    load_params(args.params).model(args.model)  # fail early on an invalid params.yaml or model name
-    metrics = evaluate(args.data, args.model_dir, args.out)
+    gate = load_params(args.params).model(args.model).gate  # fail early on an invalid params.yaml or model name
+    metrics = evaluate(args.data, args.model_dir, args.out, gate)
     print(f"{args.model}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dltorch.config import load_params
 from dltorch.entry import model_stage_parser, run_stage
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 
 
 def main() -> None:
@@ -17,11 +17,9 @@ def main() -> None:
     parser.add_argument("--deploy", type=Path, required=True, help="where the int8 and registry report goes")
     args = parser.parse_args()
     params = load_params(args.params)
-    spec, rule = params.model(args.model).export, params.registry_rule(args.model)
-    deploy = export(args.data, args.model_dir, args.onnx, args.report, spec.opset, spec.atol, spec.batch_size,
-                    eval_metrics=args.metrics, int8_path=args.int8, deploy_path=args.deploy, quantize=spec.quantize,
-                    calibration_size=spec.calibration_size, reduce_range=spec.reduce_range,
-                    int8_max_drop=spec.int8_max_drop, metric=rule.metric, direction=rule.direction)
+    paths = ExportPaths(data=args.data, model_dir=args.model_dir, metrics=args.metrics, onnx=args.onnx,
+                        parity=args.report, int8=args.int8, deploy=args.deploy)
+    deploy = export(paths, params.model(args.model).export, params.registry_rule(args.model))
     for precision, record in deploy["registry"].items():
         print(f"{args.model} {precision}: {record['decision']} ({record['reason']})")
 

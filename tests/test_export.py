@@ -11,6 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from dltorch.bundle import build_model
+from dltorch.config import MAX_OPSET, MIN_OPSET
 from dltorch.errors import ExportError, ParityError
 from dltorch.export import assert_parity, check_parity, export_onnx, onnx_session, quantize_onnx, run_onnx
 from dltorch.tasks import classification
@@ -115,3 +116,40 @@ def test_static_quantization_without_calibration_is_an_error(tmp_path: Path, exp
     with pytest.raises(ValueError, match="calibration"):
         quantize_onnx(exported, tmp_path / "int8.onnx", "static", calibration=None)
     assert not (tmp_path / "int8.onnx").exists()
+
+
+class _ThreeCells(torch.nn.Module):
+    """An LSTM, a GRU and a two-layer tanh RNN side by side on one window: every recurrent translation in one
+    small graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells = torch.nn.ModuleList([torch.nn.LSTM(1, 4, batch_first=True), torch.nn.GRU(1, 4, batch_first=True),
+                                          torch.nn.RNN(1, 3, num_layers=2, batch_first=True)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cell(x)[0][:, -1] for cell in self.cells], dim=1)
+
+
+@pytest.mark.parametrize("opset", range(MIN_OPSET, MAX_OPSET + 1))
+def test_recurrent_cells_export_at_every_allowed_opset(opset: int, tmp_path: Path):
+    """Each opset params allow: the file declares it, keeps batch and length dynamic, and matches torch at lengths
+    unlike the example's. One process exports six times, as torch's dispatch cache once broke the second export."""
+    torch.manual_seed(0)
+    model, path = _ThreeCells().eval(), tmp_path / "cells.onnx"
+    export_onnx(model, (6, 1), path, opset, "window", "forecast", {0: ("batch", 1), 1: ("steps", 1)})
+    proto = onnx.load(str(path))
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+    assert {"LSTM", "GRU", "RNN"} <= {node.op_type for node in proto.graph.node}
+    session = onnx_session(path)
+    for batch, steps in ((3, 9), (2, 2)):
+        window = torch.randn(batch, steps, 1)
+        with torch.no_grad():
+            np.testing.assert_allclose(run_onnx(session, window.numpy(), batch), model(window).numpy(), atol=1e-5)
+
+
+def test_recurrent_export_refuses_a_torch_it_was_not_written_for(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.15.0")
+    with pytest.raises(ExportError, match=r"torch 2\.14\.x; this is torch 2\.15\.0"):
+        export_onnx(_ThreeCells(), (6, 1), tmp_path / "cells.onnx", 18, "window", "forecast")
+    assert not (tmp_path / "cells.onnx").exists()

@@ -14,7 +14,7 @@ from dltorch.errors import ParamsError
 from dltorch.models import create, names, register_model
 from dltorch.models.registry import get
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from tests.conftest import REPO
 
@@ -84,11 +84,8 @@ def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Pat
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"])  # neither NaN nor infinite
     evaluate(data, model_dir, model_dir / "eval")
     spec, rule = params.model(name).export, params.registry_rule(name)
-    deploy = export(data, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json", opset=spec.opset,
-                    atol=spec.atol, batch_size=16, eval_metrics=model_dir / "eval" / "metrics.json",
-                    int8_path=tmp_path / "model.int8.onnx", deploy_path=tmp_path / "deploy.json",
-                    quantize=spec.quantize, calibration_size=64, reduce_range=spec.reduce_range,
-                    int8_max_drop=spec.int8_max_drop, metric=rule.metric, direction=rule.direction)
+    deploy = export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path),
+                    spec.model_copy(update={"batch_size": 16, "calibration_size": 64}), rule)
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"], report["checks"]
     # INT8 as params says (static QDQ for the CNNs, dynamic otherwise), and a registered champion

@@ -40,6 +40,10 @@ def _shrink_params(repo: Path) -> None:
     raw["models"]["mlp"]["args"] = {"hidden": [32]}
     raw["models"]["mlp"]["train"].update(epochs=2, batch_size=500, val_size=1000)
     raw["models"]["linreg_module"]["train"]["epochs"] = 300  # enough to recover the line; 1000 is the course's
+    # the README's gates are for the full recipes: the shrunk mlp is held to what this test expects of it, lstm and
+    # unet (one epoch) to nothing
+    raw["models"]["mlp"]["gate"] = {"metric": "test_accuracy", "min": 0.75}
+    raw["models"]["lstm"]["gate"] = raw["models"]["unet"]["gate"] = None
     for study in study_names():
         raw[study] = shrunk_study(study)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -120,7 +124,9 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     batch_size = load_params(repo / "params.yaml").model("mlp").export.batch_size
     int8_accuracy = _onnx_accuracy(repo / "models/mlp/model.int8.onnx", repo / "data/raw", batch_size)
     drop = eval_metrics["test_accuracy"] - int8_accuracy  # evaluate's accuracy is a float32 mean: 1e-6 apart
-    assert deploy["int8"]["drop"] == pytest.approx(drop, abs=1e-6) and deploy["int8"]["passed"] == (drop <= 0.005)
+    assert deploy["int8"]["drop"] == pytest.approx(drop, abs=1e-6) and deploy["int8"]["accurate"] == (drop <= 0.005)
+    # registered only if accurate and faster too (which holds on this machine is not the test's business)
+    assert deploy["int8"]["passed"] == (deploy["int8"]["accurate"] and deploy["int8"]["faster"])
     int8_registered = "mlp-int8" in {m.name for m in client.search_registered_models()}
     assert int8_registered == deploy["int8"]["passed"], deploy["int8"]["reason"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}

@@ -98,6 +98,22 @@ def test_unknown_model_and_missing_onnx_are_usage_errors(tmp_path: Path, setup: 
     assert "none.onnx: no exported model" in capsys.readouterr().err
 
 
+def test_a_model_that_is_not_an_image_classifier_is_a_usage_error(tmp_path: Path, setup: dict, capsys):
+    """By params (a sequence model) or by file (a regression's ONNX given as --onnx): exit 2, no traceback."""
+    image = _as_file(setup["test"].inputs[0, 0].numpy(), tmp_path / "x.png")
+    raw = tiny_params_dict()
+    raw["models"]["lstm"] = {"arch": "lstm", "task": "sequence", "data": "synthetic/sequences", "args": {},
+                             "train": {"loss": "mse", "val_size": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["predict", "--model", "lstm", str(image)]) == 2
+    assert "lstm: a sequence model; `dltorch predict` classifies images" in capsys.readouterr().err
+    line = tmp_path / "line.onnx"
+    export_onnx(build_model("mlp", {"hidden": []}, "regression", {"in_shape": [1], "num_classes": 1}), (1,), line,
+                18, "x", "y")
+    assert main(["predict", "--model", "mlp", "--onnx", str(line), str(image)]) == 2
+    assert "line.onnx: not an image classifier: its input 'x' has shape ['batch', 1]" in capsys.readouterr().err
+
+
 def test_the_installed_console_script_prints_what_main_prints(tmp_path: Path, setup: dict, capsys):
     """`dltorch` as pip installed it (pyproject's [project.scripts]), run as a user runs it."""
     image = _as_photo(setup["test"].inputs[1, 0].numpy(), tmp_path / "photo.jpg")

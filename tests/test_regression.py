@@ -14,7 +14,7 @@ from dltorch.config import load_params, parse_params
 from dltorch.data.synthetic import read_set
 from dltorch.errors import ParamsError
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from tests.conftest import REPO, tiny_params_dict
 
@@ -52,11 +52,7 @@ def _train_evaluate_export(name: str, tmp_path: Path, synthetic_root: Path) -> t
     train(REPO_PARAMS, name, data, model_dir)
     metrics = evaluate(data, model_dir, model_dir / "eval")
     spec, rule = REPO_PARAMS.model(name).export, REPO_PARAMS.registry_rule(name)
-    export(data, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json", opset=spec.opset, atol=spec.atol,
-           batch_size=1000, eval_metrics=model_dir / "eval" / "metrics.json", int8_path=tmp_path / "model.int8.onnx",
-           deploy_path=tmp_path / "deploy.json", quantize=spec.quantize, calibration_size=spec.calibration_size,
-           reduce_range=spec.reduce_range, int8_max_drop=spec.int8_max_drop, metric=rule.metric,
-           direction=rule.direction)
+    export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path), spec, rule)
     return metrics, json.loads((tmp_path / "parity.json").read_text()), data
 
 

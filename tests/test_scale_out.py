@@ -15,8 +15,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from dltorch.config import ExportConfig
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.studies import names as study_names
 from tests.helpers import BIN, copy_repo, dvc, free_port, wait_for
@@ -49,11 +50,8 @@ def test_a_tiny_pipeline_tracks_to_a_real_tracking_server(tmp_path, raw_root, ti
     model_dir = tmp_path / "mlp"
     train(tiny_params, "mlp", raw_root, model_dir)
     metrics = evaluate(raw_root, model_dir, tmp_path / "eval")
-    deploy = export(raw_root, model_dir, tmp_path / "model.onnx", tmp_path / "parity.json", opset=18, atol=1e-4,
-                    batch_size=16, eval_metrics=tmp_path / "eval" / "metrics.json",
-                    int8_path=tmp_path / "model.int8.onnx", deploy_path=tmp_path / "deploy.json", quantize="dynamic",
-                    calibration_size=64, reduce_range=False, int8_max_drop=0.005, metric="test_accuracy",
-                    direction="max")
+    deploy = export(ExportPaths.beside(raw_root, model_dir, tmp_path / "eval" / "metrics.json", tmp_path),
+                    ExportConfig(batch_size=16), tiny_params.registry_rule("mlp"))
     run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"

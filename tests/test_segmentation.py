@@ -22,7 +22,7 @@ from dltorch.data.streamed import StreamedData
 from dltorch.errors import DataError, ParamsError
 from dltorch.export import onnx_session, run_onnx
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.tasks import segmentation as task
 from tests.conftest import TINY_SHAPES, tiny_params_dict
@@ -217,11 +217,8 @@ def test_unet_trains_an_epoch_exports_and_passes_parity_at_a_second_size(tmp_pat
     spec, rule = params.model("unet").export, params.registry_rule("unet")
     assert (rule.metric, rule.direction) == ("dice", "max")
     onnx_path = tmp_path / "model.onnx"
-    deploy = export(data, model_dir, onnx_path, tmp_path / "parity.json", opset=18, atol=spec.atol, batch_size=4,
-                    eval_metrics=model_dir / "eval" / "metrics.json", int8_path=tmp_path / "model.int8.onnx",
-                    deploy_path=tmp_path / "deploy.json", quantize="static", calibration_size=8,
-                    reduce_range=False, int8_max_drop=spec.int8_max_drop, metric=rule.metric,
-                    direction=rule.direction)
+    deploy = export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path),
+                    spec.model_copy(update={"batch_size": 4, "quantize": "static", "calibration_size": 8}), rule)
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] and report["shapes"] == {"example": [4, 3, 32, 32], "other": [7, 3, 64, 48]}
     assert report["checks"]["mask_iou"]["measured"] >= 0.999

@@ -20,7 +20,7 @@ from dltorch.data import sequences
 from dltorch.errors import DataError, ParamsError
 from dltorch.export import onnx_session, run_onnx
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.tasks import sequence
 from tests.conftest import TINY_SEQUENCES, tiny_params_dict
@@ -142,11 +142,8 @@ def test_lstm_trains_reports_baselines_exports_and_passes_parity_at_a_second_len
     spec, rule = params.model("lstm").export, params.registry_rule("lstm")
     assert (rule.metric, rule.direction) == ("test_mse", "min")
     onnx_path = tmp_path / "model.onnx"
-    deploy = export(data, model_dir, onnx_path, tmp_path / "parity.json", opset=18, atol=spec.atol, batch_size=16,
-                    eval_metrics=model_dir / "eval" / "metrics.json", int8_path=tmp_path / "model.int8.onnx",
-                    deploy_path=tmp_path / "deploy.json", quantize="dynamic", calibration_size=8,
-                    reduce_range=False, int8_max_drop=spec.int8_max_drop, metric=rule.metric,
-                    direction=rule.direction)
+    deploy = export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path),
+                    spec.model_copy(update={"batch_size": 16, "quantize": "dynamic", "calibration_size": 8}), rule)
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] and report["shapes"] == {"example": [4, 16, 1], "other": [7, 12, 1]}
     assert report["checks"]["max_abs_diff_shape_12x1"]["passed"] and report["checks"]["mse_equal_shape_12x1"]["passed"]

@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from dltorch.bundle import load_model
-from dltorch.config import parse_params
+from dltorch.config import ExportConfig, parse_params
 from dltorch.data.images import load_split
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.serve import RequestGuard, non_finite_values
 from tests.conftest import REPO, tiny_idx_files, tiny_params_dict
@@ -118,12 +118,11 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", store)
         model_dir = root / "models" / "mlp"
-        train(parse_params(tiny_params_dict()), "mlp", root / "raw", model_dir)
+        params = parse_params(tiny_params_dict())
+        train(params, "mlp", root / "raw", model_dir)
         evaluate(root / "raw", model_dir, model_dir / "eval")
-        deploy = export(root / "raw", model_dir, model_dir / "model.onnx", model_dir / "parity.json", 18, ATOL, 16,
-                        eval_metrics=model_dir / "eval" / "metrics.json", int8_path=model_dir / "model.int8.onnx",
-                        deploy_path=model_dir / "deploy.json", quantize="dynamic", calibration_size=100,
-                        reduce_range=False, int8_max_drop=0.005, metric="test_accuracy", direction="max")
+        deploy = export(ExportPaths.beside(root / "raw", model_dir, model_dir / "eval" / "metrics.json", model_dir),
+                        ExportConfig(atol=ATOL, batch_size=16, calibration_size=100), params.registry_rule("mlp"))
     assert deploy["registry"]["fp32"]["decision"] == "promoted"
     yield {"store": store, "model_dir": model_dir, "root": root}
 

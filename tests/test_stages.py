@@ -16,11 +16,11 @@ from onnx import numpy_helper
 
 import dltorch.pipeline.export as export_stage
 from dltorch.bundle import load_model
-from dltorch.config import parse_params
-from dltorch.errors import CheckpointError, ParityError
+from dltorch.config import ExportConfig, GateConfig, default_registry, parse_params
+from dltorch.errors import CheckpointError, ParityError, QualityGateError
 from dltorch.export import export_onnx
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import export
+from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from tests.conftest import tiny_params_dict
 
@@ -33,12 +33,10 @@ def trained(tmp_path: Path, raw_root: Path, tiny_params, mlflow_store) -> Path:
 
 
 def _export(raw_root: Path, model_dir: Path, out: Path, eval_dir: Path, **overrides) -> dict:
-    """The export stage as dvc.yaml runs it, with the repo's registry rule and export defaults."""
-    kwargs = {"eval_metrics": eval_dir / "metrics.json", "int8_path": out / "model.int8.onnx",
-              "deploy_path": out / "deploy.json", "quantize": "dynamic", "calibration_size": 100,
-              "reduce_range": False, "int8_max_drop": 0.005, "metric": "test_accuracy", "direction": "max"}
-    return export(raw_root, model_dir, out / "model.onnx", out / "parity.json", opset=18, atol=1e-4, batch_size=16,
-                  **{**kwargs, **overrides})
+    """The export stage as dvc.yaml runs it, with the default registry rule and export settings."""
+    spec = ExportConfig(**{"batch_size": 16, "calibration_size": 100, **overrides})
+    return export(ExportPaths.beside(raw_root, model_dir, eval_dir / "metrics.json", out), spec,
+                  default_registry()["classification"])
 
 
 @pytest.fixture
@@ -98,6 +96,21 @@ def test_evaluate_writes_metrics_figures_and_plots_data(tmp_path, raw_root, trai
     assert run.data.metrics["test_accuracy"] == pytest.approx(saved["test_accuracy"])
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
     assert {"evaluate/confusion.png", "evaluate/curves.png", "evaluate/predictions.png"} <= artifacts
+
+
+def test_a_model_below_its_gate_fails_evaluate_with_whole_outputs(tmp_path, raw_root, trained):
+    """The loss is above 0, so `max: 0` fails: a clear error with both numbers, every output written whole with
+    the verdict, the run FAILED; a gate it meets passes and is recorded too."""
+    out = tmp_path / "eval"
+    with pytest.raises(QualityGateError, match=r"mlp: test_loss: measured 0\.\d{4} vs required <= 0\.0000: failed"):
+        evaluate(raw_root, trained, out, GateConfig(metric="test_loss", max=0.0))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["gate"]["passed"] is False and saved["gate"]["measured"] == saved["test_loss"] > 0
+    assert (out / "predictions.csv").read_text().count("\n") == 1 + 60
+    assert _run(trained).info.status == "FAILED"
+    metrics = evaluate(raw_root, trained, out, GateConfig(metric="test_accuracy", min=0.0))
+    assert metrics["gate"]["passed"] is True and metrics["gate"]["required"] == 0.0
+    assert _run(trained).data.tags["gate"].endswith("passed")
 
 
 def test_export_passes_parity_and_logs_an_onnx_model_with_signature(tmp_path, raw_root, trained, evaluated):
@@ -173,14 +186,29 @@ def test_every_version_is_candidate_and_champion_moves_only_on_a_better_metric(
     assert champion.predict(torch.rand(2, 1, 28, 28).numpy())["logits"].shape == (2, 10)
 
 
-def test_int8_is_kept_and_registered_when_it_passes_the_gate(tmp_path, raw_root, trained, evaluated):
+def _timed(monkeypatch, int8_ms: dict[str, float]) -> None:
+    """Fixed latencies instead of measured ones, so which file is faster does not depend on the machine:
+    fp32 takes 1 ms at every batch size, int8 what `int8_ms` says."""
+    def fake_time(path: Path, inputs: np.ndarray) -> dict[str, float]:
+        return int8_ms if path.name.endswith(".int8.onnx") else dict.fromkeys(int8_ms, 1.0)
+
+    monkeypatch.setattr(export_stage, "time_onnx", fake_time)
+
+
+def test_latency_is_measured_at_each_batch_size(tmp_path, raw_root, trained, evaluated):
+    deploy = _export(raw_root, trained, tmp_path / "export", evaluated)
+    for precision in ("fp32", "int8"):
+        assert set(deploy["int8"][precision]["latency_ms"]) == {"batch_1", "batch_64"}
+        assert all(ms > 0 for ms in deploy["int8"][precision]["latency_ms"].values())
+
+
+def test_int8_is_kept_and_registered_when_it_passes_the_gate(tmp_path, raw_root, trained, evaluated, monkeypatch):
+    _timed(monkeypatch, {"batch_1": 0.5, "batch_64": 0.9})
     deploy = _export(raw_root, trained, tmp_path / "export", evaluated)
     int8 = deploy["int8"]
     assert int8["passed"] and int8["drop"] <= 0.005 and (tmp_path / "export" / "model.int8.onnx").is_file()
+    assert int8["reason"].endswith("faster at every batch size")
     assert int8["int8"]["size_bytes"] < int8["fp32"]["size_bytes"]
-    for precision in ("fp32", "int8"):
-        assert set(int8[precision]["latency_ms"]) == {"batch_1", "batch_64"}
-        assert all(ms > 0 for ms in int8[precision]["latency_ms"].values())
     record = deploy["registry"]["int8"]
     assert (record["registered_model"], record["decision"]) == ("mlp-int8", "promoted")
     version = MlflowClient().get_model_version_by_alias("mlp-int8", "champion")
@@ -209,6 +237,23 @@ def test_int8_that_loses_accuracy_is_kept_but_not_registered_and_the_report_says
                                           "reason": int8["reason"]}
     assert [m.name for m in MlflowClient().search_registered_models()] == ["mlp"]
     assert _run(trained).data.metrics["int8.passed"] == 0.0
+
+
+def test_int8_that_is_accurate_but_slower_is_not_registered_and_the_reason_says_so(
+    tmp_path, raw_root, trained, evaluated, monkeypatch
+):
+    """A static-QDQ LeNet-5 once measured twice as slow as fp32 and still became a champion: speed is a gate too."""
+    _timed(monkeypatch, {"batch_1": 0.5, "batch_64": 2.0})
+    deploy = _export(raw_root, trained, tmp_path / "export", evaluated)
+    int8 = deploy["int8"]
+    assert int8["accurate"] and not int8["faster"] and not int8["passed"]
+    assert int8["reason"].endswith("latency int8 vs fp32: batch_1 0.5 vs 1 ms; batch_64 2 vs 1 ms: not faster at "
+                                   "batch_64")
+    assert deploy["registry"]["int8"] == {"registered_model": "mlp-int8", "decision": "not registered",
+                                          "reason": int8["reason"]}
+    assert [m.name for m in MlflowClient().search_registered_models()] == ["mlp"]
+    run = _run(trained)
+    assert run.data.metrics["int8.faster"] == 0.0 and run.data.tags["int8.reason"] == int8["reason"]
 
 
 def test_export_without_evaluate_metrics_is_a_clear_error(tmp_path, raw_root, trained):

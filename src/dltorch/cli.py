@@ -58,7 +58,10 @@ def _predict(args: argparse.Namespace) -> int:
     from dltorch.predict import Predictor
 
     params = load_params(args.params)
-    params.model(args.model)  # a clear error for an unknown name
+    task = params.model(args.model).task  # a clear error for an unknown name
+    if task != "classification":
+        raise DltorchError(f"{args.model}: a {task} model; `dltorch predict` classifies images, so it needs a "
+                           "classification model (serve others with `dltorch serve`)")
     if args.top_k < 1:
         raise DltorchError(f"--top-k: must be at least 1, got {args.top_k}")
     onnx_path = args.onnx or Path("models") / args.model / "model.onnx"

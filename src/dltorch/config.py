@@ -19,10 +19,14 @@ Scheduler = Literal["none", "step", "cosine", "onecycle"]
 # The engine trains every model; a task may keep hand-written loops as lessons (regression: numpy_gd, ...).
 ENGINE = "engine"
 SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points", "adagrad_line"]
+BETTER = {"max": "higher", "min": "lower"}
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the others have no momentum argument: a momentum would be ignored
 SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
 FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
 # A UNet of up to four levels halves each side four times: sides must be multiples of this.
 SIDE_MULTIPLE = 16
+# The ONNX opsets an export may ask for: torch.onnx builds at 18 and up; 23 is the newest onnxruntime here runs.
+MIN_OPSET, MAX_OPSET = 18, 23
 
 
 class Strict(BaseModel):
@@ -206,11 +210,32 @@ class TrainConfig(Strict):
                              "processes at least one sample")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs: must be less than epochs ({self.epochs})")
+        self._nothing_ignored()
         return self
+
+    def _nothing_ignored(self) -> None:
+        """A setting the chosen optimizer, loss, schedule or trainer would silently ignore is an error."""
+        if self.momentum and self.optimizer not in MOMENTUM_OPTIMIZERS:
+            raise ValueError(f"momentum: optimizer '{self.optimizer}' has none (only {', '.join(MOMENTUM_OPTIMIZERS)})")
+        if self.label_smoothing and self.loss != "cross_entropy":
+            raise ValueError(f"label_smoothing: only loss 'cross_entropy' smooths labels, not '{self.loss}'")
+        if self.warmup_epochs and self.scheduler == "onecycle":
+            raise ValueError("warmup_epochs: scheduler 'onecycle' warms up by itself; set warmup_epochs to 0")
+        if self.trainer == "engine":
+            return
+        if self.distributed.nproc > 1:
+            raise ValueError(f"distributed.nproc: trainer '{self.trainer}' runs in one process; only 'engine' "
+                             "trains with DDP")
+        # the course's hand-written loops (linreg.py) read lr, epochs and seed only
+        for key in ("momentum", "weight_decay", "grad_clip"):
+            if getattr(self, key):
+                raise ValueError(f"{key}: trainer '{self.trainer}' ignores it; only 'engine' applies it")
+        if self.scheduler != "none":
+            raise ValueError(f"scheduler: trainer '{self.trainer}' keeps lr constant; only 'engine' schedules it")
 
 
 class ExportConfig(Strict):
-    opset: int = Field(18, ge=18, le=23)
+    opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=MAX_OPSET)
     atol: float = Field(1e-4, gt=0)
     batch_size: int = Field(1000, ge=1)
     # INT8 by onnxruntime: `dynamic` (weights int8, activations quantized at run time) suits MatMul-heavy models
@@ -222,6 +247,29 @@ class ExportConfig(Strict):
     # The int8 model is registered only if its score is at most this much below the fp32 model's
     # (0.005 = 0.5 accuracy points).
     int8_max_drop: float = Field(0.005, ge=0)
+
+
+class GateConfig(Strict):
+    """A quality gate: evaluate fails when the model's test `metric` falls below `min` (a score) or above `max`
+    (an error), so `dvc repro` stops before a regression is exported."""
+
+    metric: str = Field(min_length=1)  # a key of the task's metrics (Task.metrics)
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> GateConfig:
+        if (self.min is None) == (self.max is None):
+            raise ValueError("give exactly one bound: `min` (for a score) or `max` (for an error)")
+        return self
+
+    @property
+    def bound(self) -> Literal["min", "max"]:
+        return "min" if self.min is not None else "max"
+
+    @property
+    def required(self) -> float:
+        return self.min if self.min is not None else self.max  # type: ignore[return-value]
 
 
 class RegistryRule(Strict):
@@ -278,6 +326,7 @@ class ModelConfig(Strict):
     args: dict[str, Any]
     train: TrainConfig
     export: ExportConfig = ExportConfig()
+    gate: GateConfig | None = None
 
     @field_validator("arch")
     @classmethod
@@ -297,7 +346,30 @@ class ModelConfig(Strict):
         if self.train.trainer != ENGINE and self.train.trainer not in task.trainers:
             raise ValueError(f"train.trainer: {_trainer_owners(self.train.trainer)}")
         self._task_settings()
+        self._gate_measurable()
+        self._exportable()
         return self
+
+    def _gate_measurable(self) -> None:
+        if self.gate is None:
+            return
+        known = _task(self.task).metrics
+        if self.gate.metric not in known:
+            raise ValueError(f"gate.metric: '{self.gate.metric}' is not a {self.task} metric; known: "
+                             f"{', '.join(known)}")
+        # a score (better: max) needs a lower bound, an error (better: min) an upper one
+        wanted = "min" if known[self.gate.metric] == "max" else "max"
+        if self.gate.bound != wanted:
+            raise ValueError(f"gate.{self.gate.bound}: {self.gate.metric} is better {BETTER[known[self.gate.metric]]}; "
+                             f"bound it with `{wanted}:`")
+
+    def _exportable(self) -> None:
+        """A recurrent model exports through onnx_rnn.py, written against one torch release's private APIs."""
+        from dltorch.models.lstm import unsupported_torch
+
+        problem = unsupported_torch() if self.arch == "lstm" else None
+        if problem:
+            raise ValueError(f"args.cell: {problem}")
 
     def _task_settings(self) -> None:
         """Settings that only one task reads are errors elsewhere, rather than silently ignored."""
@@ -408,6 +480,18 @@ class Params(Strict):
         return registry
 
     @model_validator(mode="after")
+    def _ranked_by_a_metric(self) -> Params:
+        for task, rule in self.registry.items():
+            metrics, ranked = _task(task).metrics, _task(task).rankable
+            if rule.metric not in ranked:
+                raise ValueError(f"registry.{task}.metric: '{rule.metric}' is not a metric {task} versions can be "
+                                 f"ranked by (evaluate and the INT8 gate both measure it); known: {', '.join(ranked)}")
+            if rule.direction != metrics[rule.metric]:
+                raise ValueError(f"registry.{task}.direction: {rule.metric} is better "
+                                 f"{BETTER[metrics[rule.metric]]}, so `{metrics[rule.metric]}`")
+        return self
+
+    @model_validator(mode="after")
     def _every_task_ranked(self) -> Params:
         for name, model in self.models.items():
             if model.task not in self.registry:
@@ -426,8 +510,8 @@ class Params(Strict):
 def _all_field_names() -> set[str]:
     names: set[str] = set()
     schemas = (FetchConfig, SynthConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig,
-               MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, RegistryRule, ModelConfig,
-               VariantConfig, StudyConfig, Params)
+               MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, GateConfig, RegistryRule,
+               ModelConfig, VariantConfig, StudyConfig, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names

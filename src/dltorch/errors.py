@@ -23,3 +23,11 @@ class ParityError(DltorchError):
 
 class CheckpointError(DltorchError):
     """A model or checkpoint file is missing or unreadable."""
+
+
+class DeviceError(DltorchError):
+    """The configured device (e.g. `train.device: cuda`) is not available on this machine."""
+
+
+class QualityGateError(DltorchError):
+    """A model's test metric falls short of the quality gate set for it in params.yaml."""

@@ -6,7 +6,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +34,18 @@ def export_onnx(
     """Export with the given dynamic axes; onnx.checker must pass before the file appears at `path`."""
     import onnx
 
-    from dltorch.onnx_rnn import rnn_translations
+    from dltorch.onnx_rnn import recurrent_export
 
     model = model.cpu().eval()
     example = torch.rand(EXAMPLE_BATCH, *in_shape)
     dims = {axis: torch.export.Dim(name, min=1) if multiple == 1 else multiple * torch.export.Dim(name, min=1)
             for axis, (name, multiple) in dynamic_axes.items()}
-    # an Elman RNN needs its own translation to keep the time axis dynamic (onnx_rnn.py); other models none
-    translations = rnn_translations() if any(isinstance(m, nn.RNN) for m in model.modules()) else nullcontext({})
-    with atomic_path(path) as tmp, translations as table:
+    # recurrent layers need private torch machinery to keep the time axis dynamic (onnx_rnn.py); others none
+    with atomic_path(path) as tmp, recurrent_export(model, opset) as table:
         program = torch.onnx.export(
             model, (example,), dynamo=True, opset_version=opset, input_names=[input_name],
             output_names=[output_name], dynamic_shapes=(dims,), external_data=False, verbose=False,
-            custom_translation_table=table or None,
+            custom_translation_table=table,
         )
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)

@@ -1,4 +1,6 @@
-"""Export of nn.RNN (the tanh Elman cell) with a dynamic sequence length.
+"""Export of recurrent layers (nn.LSTM, nn.GRU, nn.RNN) with a dynamic sequence length: the one place that uses
+torch's private APIs, written for and tested on one torch release only (models/lstm.py: EXPORT_TORCH);
+`recurrent_export` is its one door.
 
 torch.onnx maps nn.LSTM and nn.GRU to ONNX's LSTM and GRU operators, keeping the time axis dynamic. It has no
 translation for aten::rnn_tanh: torch.export decomposes it into one step per time step of the example, which
@@ -13,6 +15,34 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
+
+from dltorch.errors import ExportError
+from dltorch.models.lstm import unsupported_torch
+
+# torch keeps the kernel an op dispatched to in a per-op cache. torch.onnx swaps in a while_loop kernel for
+# aten::lstm and aten::gru during export (and we do for aten::rnn_tanh), but after the first export in a process
+# the cache still holds the eager kernel, so a second export unrolls the example's steps (a fixed length).
+RECURRENT_OPS = ("lstm", "gru", "rnn_tanh")
+
+
+@contextmanager
+def recurrent_export(model: nn.Module, opset: int) -> Iterator[dict[Any, Any] | None]:
+    """Around torch.onnx.export of `model`: yields the custom translation table to pass it (None if the model
+    needs none). Raises ExportError on a torch release this file was not written for."""
+    if not any(isinstance(module, nn.RNNBase) for module in model.modules()):
+        yield None
+        return
+    problem = unsupported_torch()
+    if problem:
+        raise ExportError(problem)
+    for name in RECURRENT_OPS:
+        getattr(torch.ops.aten, name).input._dispatch_cache.clear()
+    if not any(isinstance(module, nn.RNN) for module in model.modules()):
+        yield None
+        return
+    with _rnn_translations(opset) as table:
+        yield table
 
 
 def _one_layer(inp, hidden, params, has_biases, reverse=False):
@@ -52,11 +82,18 @@ def _rnn_tanh(input, hx, params, has_biases, num_layers, dropout, train, bidirec
     return out, torch.stack(finals, 0)
 
 
-def _onnx_rnn_tanh(input, hx, params, has_biases: bool, num_layers: int, dropout: float, train: bool,
-                   bidirectional: bool, batch_first: bool):
-    """aten::rnn_tanh.input as ONNX RNN operators, one per layer (inference: no dropout between layers)."""
-    from onnxscript import opset18 as op
+def _onnx_rnn_tanh(op: Any) -> Any:
+    """The translation of aten::rnn_tanh.input in the operator set `op` (onnxscript's opset<N> module)."""
 
+    def onnx_rnn_tanh(input, hx, params, has_biases: bool, num_layers: int, dropout: float, train: bool,
+                      bidirectional: bool, batch_first: bool):
+        return _rnn_layers(op, input, hx, params, has_biases, num_layers, bidirectional, batch_first)
+
+    return onnx_rnn_tanh
+
+
+def _rnn_layers(op, input, hx, params, has_biases, num_layers, bidirectional, batch_first):
+    """aten::rnn_tanh.input as ONNX RNN operators, one per layer (inference: no dropout between layers)."""
     if bidirectional:
         raise NotImplementedError("a bidirectional nn.RNN has no ONNX translation here")
     if batch_first:
@@ -78,11 +115,13 @@ def _onnx_rnn_tanh(input, hx, params, has_biases: bool, num_layers: int, dropout
 
 
 @contextmanager
-def rnn_translations() -> Iterator[dict[Any, Any]]:
-    """Inside: torch.export keeps aten::rnn_tanh whole; yields the translation table for torch.onnx.export."""
+def _rnn_translations(opset: int) -> Iterator[dict[Any, Any]]:
+    """Inside: torch.export keeps aten::rnn_tanh whole; yields the translation table for torch.onnx.export, whose
+    operators are those of `opset` (torch.onnx builds the graph in the requested opset)."""
     import onnxscript
     from torch.export._patches import _register_rnn_while_loop_decomposition
 
-    translation = onnxscript.values.TracedOnnxFunction(onnxscript.values.Opset("pkg.dltorch", 1), _onnx_rnn_tanh)
+    translation = onnxscript.values.TracedOnnxFunction(onnxscript.values.Opset("pkg.dltorch", 1),
+                                                       _onnx_rnn_tanh(getattr(onnxscript, f"opset{opset}")))
     with _register_rnn_while_loop_decomposition(torch.ops.aten.rnn_tanh.input, _rnn_tanh):
         yield {torch.ops.aten.rnn_tanh.input: translation}

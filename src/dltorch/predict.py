@@ -105,6 +105,9 @@ class Predictor:
         except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
             raise CheckpointError(f"{onnx_path}: not a loadable ONNX model ({exc})") from None
         spec = self.session.get_inputs()[0]
+        if len(spec.shape) != 4 or not all(isinstance(side, int) for side in spec.shape[1:]):
+            raise CheckpointError(f"{onnx_path}: not an image classifier: its input '{spec.name}' has shape "
+                                  f"{spec.shape}, not (batch, channels, height, width)")
         self.input_name = spec.name
         self.channels, self.height, self.width = spec.shape[1:]
         self.classes, self.invert = classes, invert

@@ -8,6 +8,18 @@ from torch import nn
 from dltorch.models.registry import register_model
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+# Its export with a dynamic length (dltorch/onnx_rnn.py) relies on private APIs of this torch release: params that
+# use this architecture are refused at load on any other (config.py), before anything trains.
+EXPORT_TORCH = "2.14"
+
+
+def unsupported_torch(version: str | None = None) -> str | None:
+    """Why this torch cannot export recurrent layers with a dynamic length, or None if it can."""
+    version = version or torch.__version__
+    if version == EXPORT_TORCH or version.startswith(EXPORT_TORCH + "."):
+        return None
+    return (f"the recurrent export (dltorch/onnx_rnn.py) relies on private torch APIs of torch "
+            f"{EXPORT_TORCH}.x; this is torch {version}")
 
 
 class Forecaster(nn.Module):

@@ -1,18 +1,25 @@
-"""evaluate@<model>: held-out test metrics, figures and dvc plots data, logged to the model's run."""
+"""evaluate@<model>: held-out test metrics, figures and dvc plots data, logged to the model's run, and the
+model's optional quality gate.
+
+A model that fails its gate still gets every output, whole (metrics.json records the verdict under `gate`), so
+a person can see what it measured; the stage then exits non-zero, so DVC records nothing in dvc.lock, reruns it
+next time and `dvc repro` stops before export."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dltorch import engine, tracking
 from dltorch.bundle import load_model
-from dltorch.config import TrainConfig
+from dltorch.config import GateConfig, TrainConfig
+from dltorch.errors import QualityGateError
 from dltorch.io import read_json, write_json
 from dltorch.pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
-from dltorch.tasks import Evaluation, get_task
+from dltorch.tasks import Evaluation, Task, get_task
 
 
-def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
+def evaluate(raw_root: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None = None) -> dict:
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     train_cfg = bundle.config["train"]
@@ -21,9 +28,34 @@ def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
     metrics, figures = task.report(Evaluation(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,
                                               read_json(model_dir / HISTORY_FILE), out_dir))
+    _require_declared(metrics, task)
+    if gate is not None:
+        metrics["gate"] = judge(metrics, gate)
     write_json(out_dir / "metrics.json", metrics)
     run = read_json(model_dir / RUN_FILE)
     with tracking.model_run(run["experiment"], bundle.name, f"evaluate@{bundle.name}", run_id=run["run_id"]):
         tracking.log_metrics(metrics)
         tracking.log_artifacts([*figures, out_dir / "metrics.json"], "evaluate")
+        if gate is not None:
+            tracking.set_tags({"gate": metrics["gate"]["reason"]})
+            if not metrics["gate"]["passed"]:  # inside the run, so MLflow marks it FAILED
+                raise QualityGateError(f"{bundle.name}: {metrics['gate']['reason']}")
     return metrics
+
+
+def judge(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
+    """The gate's verdict: measured against required, on the side the gate's bound says."""
+    measured = float(metrics[gate.metric])
+    passed = measured >= gate.required if gate.bound == "min" else measured <= gate.required
+    relation = ">=" if gate.bound == "min" else "<="
+    reason = (f"{gate.metric}: measured {measured:.4f} vs required {relation} {gate.required:.4f}: "
+              f"{'passed' if passed else 'failed'}")
+    return {"metric": gate.metric, "measured": measured, "bound": gate.bound, "required": gate.required,
+            "passed": passed, "reason": reason}
+
+
+def _require_declared(metrics: dict[str, Any], task: Task) -> None:
+    """Task.metrics lets params name a task's metrics before anything runs; it must match the report."""
+    missing = sorted(set(task.metrics) - set(metrics))
+    if missing:
+        raise AssertionError(f"task {task.name}'s report lacks the metrics its Task.metrics declares: {missing}")

@@ -1,8 +1,13 @@
-"""export@<model>: ONNX export, the onnxruntime parity gate on the whole test set, INT8 with an accuracy gate,
-and the MLflow Model Registry (alias `candidate` on every version, `champion` only on a better test metric)."""
+"""export@<model>: ONNX export, the onnxruntime parity gate on the whole test set, INT8 with an accuracy and a speed
+gate, and the MLflow Model Registry (alias `candidate` on every version, `champion` only on a better test metric).
+
+Named steps, each taking the typed spec it uses; `export` runs them in order inside the model's MLflow run:
+load_subject -> export_checked -> log_servable -> quantize -> score_int8 -> register -> write_deploy.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +15,9 @@ import numpy as np
 import torch
 
 from dltorch import tracking
-from dltorch.bundle import load_model
-from dltorch.config import TrainConfig
+from dltorch.bundle import ModelBundle, load_model
+from dltorch.config import ExportConfig, RegistryRule, TrainConfig
+from dltorch.data.images import TensorData
 from dltorch.data.streamed import StreamedData
 from dltorch.errors import CheckpointError, ParamsError
 from dltorch.export import (
@@ -33,78 +39,156 @@ INT8_SUFFIX = "-int8"  # the int8 model's name in the registry: `<model>-int8`
 LATENCY_THREADS, LATENCY_BATCHES, LATENCY_RUNS, LATENCY_WARMUP = 1, (1, 64), 50, 10
 
 
-def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, opset: int, atol: float,
-           batch_size: int, *, eval_metrics: Path, int8_path: Path, deploy_path: Path, quantize: str,
-           calibration_size: int, reduce_range: bool, int8_max_drop: float, metric: str, direction: str) -> dict:
-    """The ONNX file appears at onnx_path only if parity passes (the parity report is written either way); then
-    the int8 file, and the registry versions: fp32 always, int8 only if it passes the gate. Returns deploy's report.
-    """
-    bundle, model = load_model(model_dir / MODEL_FILE)
+@dataclass(frozen=True)
+class ExportPaths:
+    """The export stage's inputs and outputs (dvc.yaml spells them out)."""
+
+    data: Path  # what the model reads: data/<its data:>
+    model_dir: Path  # the trained model's folder (model.pt, run.json)
+    metrics: Path  # evaluate's metrics.json: the score that ranks the version
+    onnx: Path
+    parity: Path  # the parity report
+    int8: Path
+    deploy: Path  # the INT8 and registry report
+
+    @classmethod
+    def beside(cls, data: Path, model_dir: Path, metrics: Path, out: Path) -> ExportPaths:
+        """Every output in folder `out` under the names dvc.yaml gives them."""
+        return cls(data, model_dir, metrics, out / "model.onnx", out / "parity.json", out / "model.int8.onnx",
+                   out / "deploy.json")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What the steps work on: the trained model, its task, its training settings, its test set and score."""
+
+    bundle: ModelBundle
+    model: torch.nn.Module
+    task: Any
+    settings: TrainConfig
+    test: TensorData
+    score: float  # the registry rule's metric as evaluate measured it
+
+
+def export(paths: ExportPaths, spec: ExportConfig, rule: RegistryRule) -> dict:
+    """The whole stage. The ONNX file appears only if parity passes (the parity report is written either way);
+    then the int8 file, and the registry versions: fp32 always, int8 only if it passes its gate. Returns deploy's
+    report."""
+    subject = load_subject(paths, rule)
+    run = read_json(paths.model_dir / RUN_FILE)
+    name = subject.bundle.name
+    with tracking.model_run(run["experiment"], name, f"export@{name}", run_id=run["run_id"]):
+        export_checked(subject, paths, spec)
+        fp32_uri = log_servable(subject, paths.onnx)
+        quantize(subject, paths, spec)
+        int8 = score_int8(subject, paths, spec, rule)
+        registry = register(subject, paths, rule, fp32_uri, int8)
+        return write_deploy(subject, paths, int8, registry)
+
+
+def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
+    """Fails before any work if evaluate has not measured the registry's metric."""
+    score = _read_metric(paths.metrics, rule.metric)
+    bundle, model = load_model(paths.model_dir / MODEL_FILE)
     task = get_task(bundle.task)
-    candidate_score = _read_metric(eval_metrics, metric)
     settings = TrainConfig.model_validate(bundle.config["train"])
-    test = task.load_test(raw_root, bundle.dataset, settings=settings)
-    run = read_json(model_dir / RUN_FILE)
-    with tracking.model_run(run["experiment"], bundle.name, f"export@{bundle.name}", run_id=run["run_id"]):
-        with atomic_path(onnx_path) as candidate:
-            export_onnx(model, tuple(bundle.inputs["in_shape"]), candidate, opset, task.input_name, task.output_name,
-                        task.dynamic_axes)
-            report = {"model": bundle.name, "opset": opset, **check_parity(
-                candidate, model, test.inputs, test.targets, atol, batch_size, task.parity_checks,
-                other_shape=task.other_shape(test) if task.other_shape else None)}
-            write_json(report_path, report)
-            tracking.log_artifacts([report_path], "export")
-            tracking.log_metrics({"parity_passed": int(report["passed"]),
-                                  "parity_max_abs_diff": report["checks"]["max_abs_diff"]["measured"]})
-            assert_parity(report, onnx_path)  # raises before anything is logged as a model or registered
-        example = test.inputs[:SIGNATURE_EXAMPLES].numpy()
-        example_out = run_onnx(onnx_session(onnx_path), example, SIGNATURE_EXAMPLES)
-        fp32_uri = tracking.log_onnx_model(onnx_path, example, example_out)
+    return Subject(bundle, model, task, settings, task.load_test(paths.data, bundle.dataset, settings=settings),
+                   score)
 
-        calibration = None
-        if quantize == "static":
-            calibration = _calibration_set(task, raw_root, bundle, settings, calibration_size)
-        quantize_onnx(onnx_path, int8_path, quantize, calibration, reduce_range)
-        int8 = compare_int8(onnx_path, int8_path, test.inputs.numpy(), test.targets.numpy(), task.onnx_metrics,
-                            metric, direction, int8_max_drop, batch_size)
-        int8.update(mode=quantize, reduce_range=reduce_range,
-                    calibration_size=calibration_size if quantize == "static" else None)
 
-        registry = {"fp32": tracking.register_and_promote(fp32_uri, bundle.name, metric, candidate_score,
-                                                          direction, {"precision": "fp32"})}
-        if int8["passed"]:
-            int8_uri = tracking.log_onnx_model(int8_path, example, example_out, name="model_int8")
-            registry["int8"] = tracking.register_and_promote(int8_uri, bundle.name + INT8_SUFFIX, metric,
-                                                             int8["int8"][metric], direction, {"precision": "int8"})
-        else:
-            registry["int8"] = {"registered_model": bundle.name + INT8_SUFFIX, "decision": "not registered",
-                                "reason": int8["reason"]}
-        deploy = {"model": bundle.name, "int8": int8, "registry": registry}
-        write_json(deploy_path, deploy)
-        tracking.log_artifacts([deploy_path], "export")
-        tracking.log_metrics(_deploy_metrics(int8, registry))
-        tracking.set_tags({f"registry.{precision}.{key}": record[key] for precision, record in registry.items()
-                           for key in ("decision", "reason", "version") if key in record})
+def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig) -> dict[str, Any]:
+    """ONNX at paths.onnx only if onnxruntime matches torch on the whole test set; the report either way."""
+    task, test = subject.task, subject.test
+    with atomic_path(paths.onnx) as candidate:
+        export_onnx(subject.model, tuple(subject.bundle.inputs["in_shape"]), candidate, spec.opset, task.input_name,
+                    task.output_name, task.dynamic_axes)
+        report = {"model": subject.bundle.name, "opset": spec.opset, **check_parity(
+            candidate, subject.model, test.inputs, test.targets, spec.atol, spec.batch_size, task.parity_checks,
+            other_shape=task.other_shape(test) if task.other_shape else None)}
+        write_json(paths.parity, report)
+        tracking.log_artifacts([paths.parity], "export")
+        tracking.log_metrics({"parity_passed": int(report["passed"]),
+                              "parity_max_abs_diff": report["checks"]["max_abs_diff"]["measured"]})
+        assert_parity(report, paths.onnx)  # raises before anything is logged as a model or registered
+    return report
+
+
+def log_servable(subject: Subject, onnx_path: Path, name: str = "model") -> str:
+    """Log an ONNX file as an MLflow model, with a signature and input example from the test set; its URI."""
+    example = subject.test.inputs[:SIGNATURE_EXAMPLES].numpy()
+    example_out = run_onnx(onnx_session(onnx_path), example, SIGNATURE_EXAMPLES)
+    return tracking.log_onnx_model(onnx_path, example, example_out, name=name)
+
+
+def quantize(subject: Subject, paths: ExportPaths, spec: ExportConfig) -> None:
+    """INT8 at paths.int8: dynamic, or static QDQ calibrated on a sample of the training split."""
+    calibration = _calibration_set(subject, paths.data, spec.calibration_size) if spec.quantize == "static" else None
+    quantize_onnx(paths.onnx, paths.int8, spec.quantize, calibration, spec.reduce_range)
+
+
+def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: RegistryRule) -> dict[str, Any]:
+    """Score and time both files under onnxruntime, then the gate (int8_verdict)."""
+    inputs, targets = subject.test.inputs.numpy(), subject.test.targets.numpy()
+    measured: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": LATENCY_RUNS}
+    for precision, path in (("fp32", paths.onnx), ("int8", paths.int8)):
+        scores = subject.task.onnx_metrics(run_onnx(onnx_session(path), inputs, spec.batch_size), targets)
+        measured[precision] = {rule.metric: scores[rule.metric], "latency_ms": time_onnx(path, inputs),
+                               "size_bytes": path.stat().st_size}
+    return {**measured, **int8_verdict(measured, rule, spec.int8_max_drop), "mode": spec.quantize,
+            "reduce_range": spec.reduce_range,
+            "calibration_size": spec.calibration_size if spec.quantize == "static" else None}
+
+
+def time_onnx(path: Path, inputs: np.ndarray) -> dict[str, float]:
+    """Median latency of one call at each of LATENCY_BATCHES, on one thread."""
+    session = onnx_session(path, threads=LATENCY_THREADS)
+    return {f"batch_{b}": onnx_latency_ms(session, inputs, b, LATENCY_RUNS, LATENCY_WARMUP) for b in LATENCY_BATCHES}
+
+
+def int8_verdict(measured: dict[str, Any], rule: RegistryRule, max_drop: float) -> dict[str, Any]:
+    """The int8 file is worth registering only if it scores within max_drop of fp32 and is faster at every batch
+    size timed: a slower int8 model has nothing to offer over fp32."""
+    fp32, int8 = measured["fp32"][rule.metric], measured["int8"][rule.metric]
+    drop = fp32 - int8 if rule.direction == "max" else int8 - fp32
+    accurate = drop <= max_drop
+    timings = [(batch, measured["fp32"]["latency_ms"][batch], ms) for batch, ms in
+               measured["int8"]["latency_ms"].items()]
+    slower = [batch for batch, fp32_ms, int8_ms in timings if int8_ms >= fp32_ms]
+    speed = "; ".join(f"{batch} {int8_ms:.3g} vs {fp32_ms:.3g} ms" for batch, fp32_ms, int8_ms in timings)
+    reason = (f"{rule.metric} {int8:.4f} int8 vs {fp32:.4f} fp32: drop {drop:.4f} "
+              f"{'within' if accurate else 'exceeds'} the limit {max_drop:.4f}; latency int8 vs fp32: {speed}: "
+              + (f"not faster at {', '.join(slower)}" if slower else "faster at every batch size"))
+    return {"drop": drop, "max_drop": max_drop, "accurate": accurate, "faster": not slower,
+            "passed": accurate and not slower, "reason": reason}
+
+
+def register(subject: Subject, paths: ExportPaths, rule: RegistryRule, fp32_uri: str,
+             int8: dict[str, Any]) -> dict[str, dict]:
+    """fp32 always (a candidate; champion on a better score); int8 as `<model>-int8` only if it passed its gate."""
+    name = subject.bundle.name
+    registry = {"fp32": tracking.register_and_promote(fp32_uri, name, rule.metric, subject.score, rule.direction,
+                                                      {"precision": "fp32"})}
+    if int8["passed"]:
+        int8_uri = log_servable(subject, paths.int8, name="model_int8")
+        registry["int8"] = tracking.register_and_promote(int8_uri, name + INT8_SUFFIX, rule.metric,
+                                                         int8["int8"][rule.metric], rule.direction,
+                                                         {"precision": "int8"})
+    else:
+        registry["int8"] = {"registered_model": name + INT8_SUFFIX, "decision": "not registered",
+                            "reason": int8["reason"]}
+    return registry
+
+
+def write_deploy(subject: Subject, paths: ExportPaths, int8: dict[str, Any], registry: dict[str, dict]) -> dict:
+    """deploy.json, and the same decisions in the run: metrics, and tags with the reasons."""
+    deploy = {"model": subject.bundle.name, "int8": int8, "registry": registry}
+    write_json(paths.deploy, deploy)
+    tracking.log_artifacts([paths.deploy], "export")
+    tracking.log_metrics(_deploy_metrics(int8, registry))
+    tracking.set_tags({"int8.reason": int8["reason"],
+                       **{f"registry.{precision}.{key}": record[key] for precision, record in registry.items()
+                          for key in ("decision", "reason", "version") if key in record}})
     return deploy
-
-
-def compare_int8(fp32_path: Path, int8_path: Path, inputs: np.ndarray, targets: np.ndarray, score_fn: Any,
-                 metric: str, direction: str, max_drop: float, batch_size: int) -> dict[str, Any]:
-    """Test metric and latency of the fp32 and int8 files under onnxruntime; the gate: drop <= max_drop."""
-    results: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": LATENCY_RUNS}
-    for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
-        session = onnx_session(path, threads=LATENCY_THREADS)
-        scores = score_fn(run_onnx(session, inputs, batch_size), targets)
-        latency = {f"batch_{b}": onnx_latency_ms(session, inputs, b, LATENCY_RUNS, LATENCY_WARMUP)
-                   for b in LATENCY_BATCHES}
-        results[precision] = {metric: scores[metric], "latency_ms": latency, "size_bytes": path.stat().st_size}
-    fp32, int8 = results["fp32"][metric], results["int8"][metric]
-    drop = fp32 - int8 if direction == "max" else int8 - fp32
-    passed = drop <= max_drop
-    results.update(drop=drop, max_drop=max_drop, passed=passed, reason=(
-        f"{metric} {int8:.4f} int8 vs {fp32:.4f} fp32: drop {drop:.4f} "
-        f"{'within' if passed else 'exceeds'} the limit {max_drop:.4f}"))
-    return results
 
 
 def _read_metric(path: Path, metric: str) -> float:
@@ -116,10 +200,12 @@ def _read_metric(path: Path, metric: str) -> float:
     return float(metrics[metric])
 
 
-def _calibration_set(task: Any, raw_root: Path, bundle: Any, settings: TrainConfig, size: int) -> np.ndarray:
+def _calibration_set(subject: Subject, data: Path, size: int) -> np.ndarray:
     """A seeded random sample of the training split (never validation or test) for static quantization; streamed
     training data gives one shuffled batch, as training draws them."""
-    train, _ = task.load_train_val(raw_root, bundle.dataset, settings.val_size, settings.seed, settings=settings)
+    settings = subject.settings
+    train, _ = subject.task.load_train_val(data, subject.bundle.dataset, settings.val_size, settings.seed,
+                                           settings=settings)
     generator = torch.Generator().manual_seed(settings.seed)
     if isinstance(train, StreamedData):
         return next(train.batches(size, generator)).inputs.numpy()
@@ -128,7 +214,8 @@ def _calibration_set(task: Any, raw_root: Path, bundle: Any, settings: TrainConf
 
 
 def _deploy_metrics(int8: dict, registry: dict) -> dict[str, float]:
-    metrics = {"int8.drop": int8["drop"], "int8.passed": int(int8["passed"])}
+    metrics = {"int8.drop": int8["drop"], "int8.passed": int(int8["passed"]), "int8.accurate": int(int8["accurate"]),
+               "int8.faster": int(int8["faster"])}
     for precision in ("fp32", "int8"):
         metrics.update({f"int8.{precision}.{key}": value
                         for key, value in int8[precision].items() if isinstance(value, float | int)})

@@ -123,6 +123,7 @@ TASK = register_task(Task(
     name="classification", input_name="pixels", output_name="logits",
     monitor=("val_accuracy", "max"),  # picks the best epoch and drives early stopping
     ranking=("test_accuracy", "max"),
+    metrics={"test_accuracy": "max", "test_loss": "min"}, rankable=("test_accuracy",),
     dynamic_axes={0: ("batch", 1)},  # any batch; every other axis is the example's
     losses={"cross_entropy": lambda smoothing: nn.CrossEntropyLoss(label_smoothing=smoothing),
             "mse_onehot": lambda smoothing: mse_onehot},

@@ -53,6 +53,11 @@ class Task:
     output_name: str
     monitor: tuple[str, Literal["max", "min"]]  # the validation score that picks the best epoch, and its direction
     ranking: tuple[str, Literal["max", "min"]]  # the metrics.json key the model registry ranks versions by
+    # evaluate's numeric test metrics (metrics.json) and which way is better: params may gate a model on any of them
+    metrics: dict[str, Literal["max", "min"]]
+    # Of those, what onnx_metrics also scores on onnxruntime outputs: what a registry rule may rank versions by, as
+    # the INT8 gate compares the int8 and fp32 files by that same metric.
+    rankable: tuple[str, ...]
     dynamic_axes: dict[int, tuple[str, int]]  # axis -> (name, the multiple its size must be)
     losses: dict[str, Callable[[float], Callable[..., Any]]]  # params' train.loss -> factory(label_smoothing)
     load_train_val: Callable[..., tuple[Any, TensorData | None]]  # (data, dataset, val_size, seed, settings)

@@ -132,6 +132,7 @@ def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) ->
 
 TASK = register_task(Task(
     name="regression", input_name="x", output_name="y", monitor=("val_loss", "min"), ranking=("test_mse", "min"),
+    metrics={"test_mse": "min", "train_mse": "min"}, rankable=("test_mse",),
     dynamic_axes={0: ("batch", 1)},  # any batch; every other axis is the example's
     losses={"mse": lambda smoothing: nn.MSELoss()},
     load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,

@@ -158,6 +158,7 @@ TASK = register_task(Task(
     input_name="pixels",  # (N, 3, H, W) RGB in [0, 1], H and W multiples of 16
     output_name="logits",  # (N, 1, H, W); the mask is logits > 0 (probability > 0.5)
     monitor=("val_dice", "max"), ranking=("dice", "max"),
+    metrics={"dice": "max", "iou": "max", "pixel_accuracy": "max", "loss": "min"}, rankable=("dice",),
     dynamic_axes={0: ("batch", 1), 2: ("height", SIDE_MULTIPLE), 3: ("width", SIDE_MULTIPLE)},
     losses={"bce": lambda smoothing: nn.BCEWithLogitsLoss(), "bce_dice": lambda smoothing: bce_dice},
     load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,

@@ -127,6 +127,8 @@ def _write_predictions(path: Path, actual: np.ndarray, predicted: np.ndarray) ->
 TASK = register_task(Task(
     name="sequence", input_name="window", output_name="forecast", monitor=("val_loss", "min"),
     ranking=("test_mse", "min"),
+    metrics={"test_mse": "min", "test_mae": "min", "mse_ratio_last_value": "min", "mse_ratio_moving_average": "min"},
+    rankable=("test_mse",),
     # Any batch and any window length: the recurrent net reads as many steps as it is given.
     dynamic_axes={0: ("batch", 1), 1: ("steps", 1)},
     losses={"mse": lambda smoothing: nn.MSELoss()},
