@@ -280,7 +280,7 @@ def fit(
     epoch, tagged with `fingerprint` and carrying `extra` (e.g. the tracking run id).
     """
     device = select_device(cfg.device)
-    distributed.init(device)
+    distributed.require_group()
     model.to(device, memory_format=torch.channels_last if _sample_ndim(train) == 4 else torch.contiguous_format)
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))

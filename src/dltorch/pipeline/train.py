@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dltorch import distributed, engine, tracking
+from dltorch import engine, tracking
 from dltorch.bundle import ModelBundle, build_model, save_model
 from dltorch.config import Params
 from dltorch.data.images import TensorData
@@ -36,7 +36,9 @@ def _fingerprint(config: dict, dataset: str, train_data: engine.TrainData) -> st
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict]:
+def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool = True) -> list[dict]:
+    """Train model `name`; `writes` says whether this process tracks and writes (under torchrun, rank 0 alone:
+    the door joins the process group and passes the answer, see distributed.process_group)."""
     cfg = params.model(name)
     task = get_task(cfg.task)
     dataset = task.dataset_name(raw_root, params.fetch.dataset)
@@ -50,25 +52,25 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
     checkpoint = out_dir / CHECKPOINT_FILE
     resume = engine.load_checkpoint(checkpoint, fingerprint)
     run_id = resume["extra"].get("run_id") if resume else None
-    main = distributed.is_main()  # under torchrun, rank 0 alone tracks and writes
-    tracked = tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) if main \
+    tracked = tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) if writes \
         else nullcontext()
     with tracked as run:
-        if main and resume is None:
+        if writes and resume is None:
             tracking.log_params({"dataset": dataset, **config})
         if cfg.train.trainer == "engine":
-            with tracking.epoch_logger() if main else nullcontext(None) as log_epoch:
+            with tracking.epoch_logger() if writes else nullcontext(None) as log_epoch:
                 history = engine.fit(
                     model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores,
                     train_data, val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
-                    extra={"run_id": run.info.run_id} if main else None, on_epoch=log_epoch,
+                    extra={"run_id": run.info.run_id} if writes else None, on_epoch=log_epoch,
                 )
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
             history = task.train_by_hand(cfg.train.trainer, model, raw_root, cfg.train)
-            tracking.log_history(history)
-            save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
-                                    "fingerprint": fingerprint, "extra": {"run_id": run.info.run_id}})
-        if main:
+            if writes:
+                tracking.log_history(history)
+                save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
+                                        "fingerprint": fingerprint, "extra": {"run_id": run.info.run_id}})
+        if writes:
             bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
             save_model(out_dir / MODEL_FILE, bundle, model.cpu())
             write_json(out_dir / HISTORY_FILE, history)
