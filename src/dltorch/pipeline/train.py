@@ -11,9 +11,11 @@ import torch
 
 from dltorch import engine, tracking
 from dltorch.bundle import ModelBundle, build_model, save_model
-from dltorch.config import Params
+from dltorch.config import ModelConfig, Params
 from dltorch.data.images import TensorData
+from dltorch.data.streamed import StreamedData
 from dltorch.io import save_torch, write_json
+from dltorch.models.registry import validate_args
 from dltorch.tasks import get_task
 
 MODEL_FILE = "model.pt"
@@ -22,18 +24,29 @@ HISTORY_FILE = "history.json"
 RUN_FILE = "run.json"
 
 
-TRAINING_KEYS = ("arch", "task", "data", "args", "train")  # not `export`: exporting differently needs no retraining
+TRAINING_KEYS = ("arch", "task", "data", "train")  # not `export`: exporting differently needs no retraining
 
 
-def _fingerprint(config: dict, dataset: str, train_data: engine.TrainData) -> str:
-    """Identifies what a checkpoint was trained on: other params or data start training afresh. In-memory data
-    is summed; streamed data carries its own signature (e.g. a digest of its files)."""
-    trained_on = {key: config[key] for key in TRAINING_KEYS}
-    signature = (round(float(train_data.inputs.sum()), 3) if isinstance(train_data, TensorData)
-                 else train_data.signature)
-    payload = json.dumps({"config": trained_on, "dataset": dataset, "sum": signature, "n": len(train_data)},
-                         sort_keys=True, default=str)
+def _fingerprint(cfg: ModelConfig, dataset: str, train_data: engine.TrainData, val_data: TensorData | None) -> str:
+    """Identifies what a checkpoint was trained on, so other params or data start training afresh: the resolved
+    config (the architecture's default arguments written out, so a changed default counts too) and a digest of
+    every byte training read, inputs and targets of both splits (the validation split picks the best epoch)."""
+    config = cfg.model_dump(mode="json")
+    trained_on = {key: config[key] for key in TRAINING_KEYS} | {"args": validate_args(cfg.arch, cfg.args)}
+    payload = json.dumps({"config": trained_on, "dataset": dataset, "train": _digest(train_data),
+                          "val": _digest(val_data)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _digest(data: engine.TrainData | None) -> str | None:
+    """In-memory tensors are hashed byte for byte; streamed data carries its own signature (a digest of its files)."""
+    if data is None or isinstance(data, StreamedData):
+        return None if data is None else data.signature
+    digest = hashlib.sha256()
+    for tensor in (data.inputs, data.targets):
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool = True) -> list[dict]:
@@ -48,7 +61,7 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.arch, cfg.args, cfg.task, inputs)
     config = cfg.model_dump(mode="json")
-    fingerprint = _fingerprint(config, dataset, train_data)
+    fingerprint = _fingerprint(cfg, dataset, train_data, val_data)
     checkpoint = out_dir / CHECKPOINT_FILE
     resume = engine.load_checkpoint(checkpoint, fingerprint)
     run_id = resume["extra"].get("run_id") if resume else None
