@@ -5,6 +5,7 @@ from pathlib import Path
 from dltorch.config import load_params
 from dltorch.entry import model_stage_parser, run_stage
 from dltorch.pipeline.evaluate import evaluate
+from dltorch.tracking import Tracker
 
 
 def main() -> None:
@@ -12,8 +13,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="the trained model's folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics and figures")
     args = parser.parse_args()
-    load_params(args.params).model(args.model)  # fail early on an invalid params.yaml or model name
-    metrics = evaluate(args.data, args.model_dir, args.out)
+    params = load_params(args.params)
+    params.model(args.model)  # fail early on an invalid params.yaml or model name
+    metrics = evaluate(args.data, args.model_dir, args.out, Tracker.for_project(params.mlflow.experiment))
     print(f"{args.model}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from dltorch.config import load_params
 from dltorch.entry import model_stage_parser, run_stage
 from dltorch.pipeline.export import export
+from dltorch.tracking import Tracker
 
 
 def main() -> None:
@@ -21,7 +22,8 @@ def main() -> None:
     deploy = export(args.data, args.model_dir, args.onnx, args.report, spec.opset, spec.atol, spec.batch_size,
                     eval_metrics=args.metrics, int8_path=args.int8, deploy_path=args.deploy, quantize=spec.quantize,
                     calibration_size=spec.calibration_size, reduce_range=spec.reduce_range,
-                    int8_max_drop=spec.int8_max_drop, metric=rule.metric, direction=rule.direction)
+                    int8_max_drop=spec.int8_max_drop, metric=rule.metric, direction=rule.direction,
+                    tracker=Tracker.for_project(params.mlflow.experiment))
     for precision, record in deploy["registry"].items():
         print(f"{args.model} {precision}: {record['decision']} ({record['reason']})")
 

@@ -8,6 +8,7 @@ from dltorch.config import load_params
 from dltorch.engine import select_device
 from dltorch.entry import model_stage_parser, run_stage
 from dltorch.pipeline.train import train
+from dltorch.tracking import Tracker
 
 
 def main() -> None:
@@ -19,7 +20,7 @@ def main() -> None:
     if cfg.distributed.nproc > 1 and not distributed.launched_by_torchrun():
         sys.exit(distributed.launch(sys.argv, cfg.distributed.nproc))
     with distributed.process_group(select_device(cfg.device)) as writes:
-        train(params, args.model, args.data, args.out, writes=writes)
+        train(params, args.model, args.data, args.out, writes, Tracker.for_project(params.mlflow.experiment))
 
 
 if __name__ == "__main__":

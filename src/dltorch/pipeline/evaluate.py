@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dltorch import engine, tracking
+from dltorch import engine
 from dltorch.bundle import load_model
 from dltorch.config import TrainConfig
 from dltorch.io import read_json, write_json
 from dltorch.pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.tasks import get_task
+from dltorch.tracking import Tracker
 
 
-def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
+def evaluate(raw_root: Path, model_dir: Path, out_dir: Path, tracker: Tracker | None = None) -> dict:
+    """Test metrics and figures, logged to the model's run in `tracker`'s store (by default the project's)."""
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     train_cfg = bundle.config["train"]
@@ -23,7 +25,8 @@ def evaluate(raw_root: Path, model_dir: Path, out_dir: Path) -> dict:
                                    read_json(model_dir / HISTORY_FILE), out_dir)
     write_json(out_dir / "metrics.json", metrics)
     run = read_json(model_dir / RUN_FILE)
-    with tracking.model_run(run["experiment"], bundle.name, f"evaluate@{bundle.name}", run_id=run["run_id"]):
-        tracking.log_metrics(metrics)
-        tracking.log_artifacts([*figures, out_dir / "metrics.json"], "evaluate")
+    tracker = tracker or Tracker.for_project(run["experiment"])
+    with tracker.model_run(bundle.name, f"evaluate@{bundle.name}", run_id=run["run_id"]) as tracked:
+        tracked.log_metrics(metrics)
+        tracked.log_artifacts([*figures, out_dir / "metrics.json"], "evaluate")
     return metrics

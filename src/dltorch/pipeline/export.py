@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dltorch import tracking
 from dltorch.bundle import load_model
 from dltorch.config import TrainConfig
 from dltorch.data.streamed import StreamedData
@@ -26,6 +25,7 @@ from dltorch.export import (
 from dltorch.io import atomic_path, read_json, write_json
 from dltorch.pipeline.train import MODEL_FILE, RUN_FILE
 from dltorch.tasks import get_task
+from dltorch.tracking import Tracker
 
 SIGNATURE_EXAMPLES = 4
 INT8_SUFFIX = "-int8"  # the int8 model's name in the registry: `<model>-int8`
@@ -35,7 +35,8 @@ LATENCY_THREADS, LATENCY_BATCHES, LATENCY_RUNS, LATENCY_WARMUP = 1, (1, 64), 50,
 
 def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, opset: int, atol: float,
            batch_size: int, *, eval_metrics: Path, int8_path: Path, deploy_path: Path, quantize: str,
-           calibration_size: int, reduce_range: bool, int8_max_drop: float, metric: str, direction: str) -> dict:
+           calibration_size: int, reduce_range: bool, int8_max_drop: float, metric: str, direction: str,
+           tracker: Tracker | None = None) -> dict:
     """The ONNX file appears at onnx_path only if parity passes (the parity report is written either way); then
     the int8 file, and the registry versions: fp32 always, int8 only if it passes the gate. Returns deploy's report.
     """
@@ -45,7 +46,8 @@ def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, 
     settings = TrainConfig.model_validate(bundle.config["train"])
     test = task.load_test(raw_root, bundle.dataset, settings=settings)
     run = read_json(model_dir / RUN_FILE)
-    with tracking.model_run(run["experiment"], bundle.name, f"export@{bundle.name}", run_id=run["run_id"]):
+    tracker = tracker or Tracker.for_project(run["experiment"])
+    with tracker.model_run(bundle.name, f"export@{bundle.name}", run_id=run["run_id"]) as tracked:
         with atomic_path(onnx_path) as candidate:
             export_onnx(model, tuple(bundle.inputs["in_shape"]), candidate, opset, task.INPUT_NAME, task.OUTPUT_NAME,
                         task.DYNAMIC_AXES)
@@ -53,13 +55,13 @@ def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, 
                 candidate, model, test.inputs, test.targets, atol, batch_size, task.parity_checks,
                 other_shape=task.other_shape(test))}
             write_json(report_path, report)
-            tracking.log_artifacts([report_path], "export")
-            tracking.log_metrics({"parity_passed": int(report["passed"]),
+            tracked.log_artifacts([report_path], "export")
+            tracked.log_metrics({"parity_passed": int(report["passed"]),
                                   "parity_max_abs_diff": report["checks"]["max_abs_diff"]["measured"]})
             assert_parity(report, onnx_path)  # raises before anything is logged as a model or registered
         example = test.inputs[:SIGNATURE_EXAMPLES].numpy()
         example_out = run_onnx(onnx_session(onnx_path), example, SIGNATURE_EXAMPLES)
-        fp32_uri = tracking.log_onnx_model(onnx_path, example, example_out)
+        fp32_uri = tracked.log_onnx_model(onnx_path, example, example_out)
 
         calibration = None
         if quantize == "static":
@@ -70,20 +72,20 @@ def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, 
         int8.update(mode=quantize, reduce_range=reduce_range,
                     calibration_size=calibration_size if quantize == "static" else None)
 
-        registry = {"fp32": tracking.register_and_promote(fp32_uri, bundle.name, metric, candidate_score,
+        registry = {"fp32": tracker.register_and_promote(fp32_uri, bundle.name, metric, candidate_score,
                                                           direction, {"precision": "fp32"})}
         if int8["passed"]:
-            int8_uri = tracking.log_onnx_model(int8_path, example, example_out, name="model_int8")
-            registry["int8"] = tracking.register_and_promote(int8_uri, bundle.name + INT8_SUFFIX, metric,
+            int8_uri = tracked.log_onnx_model(int8_path, example, example_out, name="model_int8")
+            registry["int8"] = tracker.register_and_promote(int8_uri, bundle.name + INT8_SUFFIX, metric,
                                                              int8["int8"][metric], direction, {"precision": "int8"})
         else:
             registry["int8"] = {"registered_model": bundle.name + INT8_SUFFIX, "decision": "not registered",
                                 "reason": int8["reason"]}
         deploy = {"model": bundle.name, "int8": int8, "registry": registry}
         write_json(deploy_path, deploy)
-        tracking.log_artifacts([deploy_path], "export")
-        tracking.log_metrics(_deploy_metrics(int8, registry))
-        tracking.set_tags({f"registry.{precision}.{key}": record[key] for precision, record in registry.items()
+        tracked.log_artifacts([deploy_path], "export")
+        tracked.log_metrics(_deploy_metrics(int8, registry))
+        tracked.set_tags({f"registry.{precision}.{key}": record[key] for precision, record in registry.items()
                            for key in ("decision", "reason", "version") if key in record})
     return deploy
 

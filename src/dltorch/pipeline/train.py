@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dltorch import engine, tracking
+from dltorch import engine
 from dltorch.bundle import ModelBundle, build_model, save_model
 from dltorch.config import ModelConfig, Params
 from dltorch.data.images import TensorData
@@ -17,6 +17,7 @@ from dltorch.data.streamed import StreamedData
 from dltorch.io import save_torch, write_json
 from dltorch.models.registry import validate_args
 from dltorch.tasks import get_task
+from dltorch.tracking import Tracker
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -49,9 +50,10 @@ def _digest(data: engine.TrainData | None) -> str | None:
     return digest.hexdigest()
 
 
-def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool = True) -> list[dict]:
-    """Train model `name`; `writes` says whether this process tracks and writes (under torchrun, rank 0 alone:
-    the door joins the process group and passes the answer, see distributed.process_group)."""
+def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool = True,
+          tracker: Tracker | None = None) -> list[dict]:
+    """Train model `name`, tracked by `tracker` (the door's; by default the project's store). `writes` says whether
+    this process tracks and writes: under torchrun rank 0 alone (the door joins the group: process_group)."""
     cfg = params.model(name)
     task = get_task(cfg.task)
     dataset = task.dataset_name(raw_root, params.fetch.dataset)
@@ -65,27 +67,26 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool
     checkpoint = out_dir / CHECKPOINT_FILE
     resume = engine.load_checkpoint(checkpoint, fingerprint)
     run_id = resume["extra"].get("run_id") if resume else None
-    tracked = tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) if writes \
-        else nullcontext()
-    with tracked as run:
-        if writes and resume is None:
-            tracking.log_params({"dataset": dataset, **config})
+    tracker = tracker or Tracker.for_project(params.mlflow.experiment)
+    with tracker.model_run(name, f"train@{name}", run_id=run_id) if writes else nullcontext() as run:
+        if run and resume is None:
+            run.log_params({"dataset": dataset, **config})
         if cfg.train.trainer == "engine":
-            with tracking.epoch_logger() if writes else nullcontext(None) as log_epoch:
+            with run.epoch_logger() if run else nullcontext() as log_epoch:
                 history = engine.fit(
                     model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores,
                     train_data, val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
-                    extra={"run_id": run.info.run_id} if writes else None, on_epoch=log_epoch,
+                    extra={"run_id": run.id} if run else None, on_epoch=log_epoch,
                 )
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
             history = task.train_by_hand(cfg.train.trainer, model, raw_root, cfg.train)
-            if writes:
-                tracking.log_history(history)
+            if run:
+                run.log_history(history)
                 save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
-                                        "fingerprint": fingerprint, "extra": {"run_id": run.info.run_id}})
-        if writes:
+                                        "fingerprint": fingerprint, "extra": {"run_id": run.id}})
+        if run:
             bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
             save_model(out_dir / MODEL_FILE, bundle, model.cpu())
             write_json(out_dir / HISTORY_FILE, history)
-            write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
+            write_json(out_dir / RUN_FILE, {"run_id": run.id, "experiment": tracker.experiment})
     return history

@@ -12,13 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltorch import engine, tracking
+from dltorch import engine
 from dltorch.config import Params, TrainConfig
 from dltorch.data.images import TensorData
 from dltorch.data.synthetic import read_set
 from dltorch.io import atomic_path, write_json
 from dltorch.models import create
 from dltorch.tasks import regression
+from dltorch.tracking import Tracker
 
 FIGURE_FILE = "comparison.png"
 METRICS_FILE = "metrics.json"
@@ -76,27 +77,29 @@ def _loss(model: nn.Module, loss_fn: Any, data: TensorData, device: torch.device
     return engine.evaluate(model, loss_fn, regression.batch_scores, data, EVAL_BATCH, device)["loss"]
 
 
-def run_study(name: str, params: Params, data: Path, out_dir: Path) -> dict[str, Any]:
+def run_study(name: str, params: Params, data: Path, out_dir: Path,
+              tracker: Tracker | None = None) -> dict[str, Any]:
     """Train every variant of study `name` inside one MLflow parent run; returns the metrics it wrote."""
     study, cfg = _module(name), params.study(name)
     train, test = load_set(data)
     results: dict[str, VariantResult] = {}
-    with tracking.study_run(params.mlflow.experiment, name):
-        tracking.log_params({"data": cfg.data, "variants": ",".join(cfg.variants)})
+    tracker = tracker or Tracker.for_project(params.mlflow.experiment)
+    with tracker.study_run(name) as parent:
+        parent.log_params({"data": cfg.data, "variants": ",".join(cfg.variants)})
         for variant in cfg.variants:
             arch, args, train_cfg = cfg.variant(variant)
-            with tracking.variant_run(name, variant):
-                tracking.log_params({"arch": arch, "args": args, **train_cfg.model_dump(mode="json")})
+            with parent.variant_run(name, variant) as child:
+                child.log_params({"arch": arch, "args": args, **train_cfg.model_dump(mode="json")})
                 results[variant] = train_variant(arch, args, train_cfg, train, test)
-                tracking.log_history(results[variant].steps, step_key="step")
-                tracking.log_history(results[variant].epochs, step_key="epoch")
-                tracking.log_metrics(study.summarize_variant(results[variant]))
+                child.log_history(results[variant].steps, step_key="step")
+                child.log_history(results[variant].epochs, step_key="epoch")
+                child.log_metrics(study.summarize_variant(results[variant]))
         metrics = study.summarize(results)
         figure = study.figure(results, train, test, out_dir / FIGURE_FILE)
         write_json(out_dir / METRICS_FILE, metrics)
         write_curves(out_dir / CURVES_FILE, results, study.CURVE)
-        tracking.log_metrics(metrics)  # the parent holds every variant's summary too, for one-glance comparison
-        tracking.log_artifacts([figure, out_dir / METRICS_FILE, out_dir / CURVES_FILE], name)
+        parent.log_metrics(metrics)  # the parent holds every variant's summary too, for one-glance comparison
+        parent.log_artifacts([figure, out_dir / METRICS_FILE, out_dir / CURVES_FILE], name)
     return metrics
 
 
