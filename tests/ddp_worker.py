@@ -25,7 +25,7 @@ torch.manual_seed(0)
 model = build_model("mlp", {"hidden": [16]}, "classification", classification.model_inputs(train, "fashion_mnist"))
 resume = engine.load_checkpoint(args.checkpoint, "fp") if args.resume else None
 with distributed.process_group(engine.select_device(cfg.device)) as writes:
-    engine.fit(model, classification.make_loss("cross_entropy"), classification.batch_scores, train, None, cfg,
-               args.checkpoint, "fp", resume=resume)
+    objective = engine.Objective(classification.make_loss("cross_entropy"), classification.batch_scores)
+    engine.fit(model, objective, train, None, cfg, engine.CheckpointSpec(args.checkpoint, "fp", resume, writes=writes))
     if writes:
         torch.save(model.state_dict(), args.out)

@@ -73,11 +73,11 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool
             run.log_params({"dataset": dataset, **config})
         if cfg.train.trainer == "engine":
             with run.epoch_logger() if run else nullcontext() as log_epoch:
-                history = engine.fit(
-                    model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores,
-                    train_data, val_data, cfg.train, checkpoint, fingerprint, monitor=task.MONITOR, resume=resume,
-                    extra={"run_id": run.id} if run else None, on_epoch=log_epoch,
-                )
+                objective = engine.Objective(task.make_loss(cfg.train.loss, cfg.train.label_smoothing),
+                                             task.batch_scores, task.MONITOR)
+                spec = engine.CheckpointSpec(checkpoint, fingerprint, resume, {"run_id": run.id} if run else None,
+                                             writes)
+                history = engine.fit(model, objective, train_data, val_data, cfg.train, spec, log_epoch)
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
             history = task.train_by_hand(cfg.train.trainer, model, raw_root, cfg.train)
             if run:

@@ -56,15 +56,16 @@ def train_variant(arch: str, args: dict[str, Any], cfg: TrainConfig, train: Tens
     model.to(device)
     loss_fn = regression.make_loss(cfg.loss)
     optimizer = engine.make_optimizer(model.parameters(), cfg)
-    scheduler = engine.make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
+    optimization = engine.Optimization(
+        optimizer, engine.make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size)))
+    objective = engine.Objective(loss_fn, regression.batch_scores)
     result = VariantResult(model)
 
     def on_step(loss: float, lr: float) -> None:
         result.steps.append({"step": len(result.steps) + 1, "loss": loss, "lr": lr})
 
     for epoch in range(1, cfg.epochs + 1):
-        engine.train_one_epoch(model, loss_fn, regression.batch_scores, optimizer, scheduler, train, cfg.batch_size,
-                               engine.epoch_generator(cfg.seed, epoch), device, cfg, f"epoch {epoch}", on_step)
+        engine.train_one_epoch(model, objective, optimization, train, cfg, epoch, on_step)
         record = {"epoch": epoch, "train_loss": _loss(model, loss_fn, train, device)}
         if test is not None:
             record["test_loss"] = _loss(model, loss_fn, test, device)
