@@ -10,6 +10,7 @@ import torch
 from dltorch import augment, engine
 from dltorch.bundle import build_model
 from dltorch.config import TrainConfig
+from dltorch.errors import DeviceError
 from dltorch.tasks import classification
 
 
@@ -242,3 +243,10 @@ def test_a_process_that_does_not_write_trains_alike_but_leaves_no_checkpoint(raw
     assert not (tmp_path / "c.pt").exists() and reported == []
     assert [row["train_loss"] for row in history] == [row["train_loss"] for row in writer_history]
     assert (tmp_path / "w.pt").exists()
+
+
+def test_asking_for_cuda_without_a_cuda_device_is_a_device_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="train.device is 'cuda' but no CUDA device is available"):
+        engine.select_device("cuda")
+    assert engine.select_device("auto") == torch.device("cpu")

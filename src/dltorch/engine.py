@@ -24,7 +24,7 @@ from dltorch.augment import augment_batch
 from dltorch.config import TrainConfig
 from dltorch.data.images import TensorData
 from dltorch.data.streamed import StreamedData
-from dltorch.errors import CheckpointError
+from dltorch.errors import DeviceError
 from dltorch.io import save_torch
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("train.device is 'cuda' but no CUDA device is available")
+        raise DeviceError("train.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
 
 

@@ -23,3 +23,7 @@ class ParityError(DltorchError):
 
 class CheckpointError(DltorchError):
     """A model or checkpoint file is missing or unreadable."""
+
+
+class DeviceError(DltorchError):
+    """The device params.yaml asks for is not available on this machine."""

@@ -8,7 +8,7 @@ from dltorch import engine
 from dltorch.bundle import load_model
 from dltorch.config import TrainConfig
 from dltorch.io import read_json, write_json
-from dltorch.pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
+from dltorch.layout import HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.tasks import get_task
 from dltorch.tracking import Tracker
 

@@ -23,7 +23,7 @@ from dltorch.export import (
     run_onnx,
 )
 from dltorch.io import atomic_path, read_json, write_json
-from dltorch.pipeline.train import MODEL_FILE, RUN_FILE
+from dltorch.layout import MODEL_FILE, RUN_FILE
 from dltorch.tasks import get_task
 from dltorch.tracking import Tracker
 

@@ -15,15 +15,10 @@ from dltorch.config import ModelConfig, Params
 from dltorch.data.images import TensorData
 from dltorch.data.streamed import StreamedData
 from dltorch.io import save_torch, write_json
+from dltorch.layout import CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.models.registry import validate_args
 from dltorch.tasks import get_task
 from dltorch.tracking import Tracker
-
-MODEL_FILE = "model.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.json"
-RUN_FILE = "run.json"
-
 
 TRAINING_KEYS = ("arch", "task", "data", "train")  # not `export`: exporting differently needs no retraining
 
