@@ -37,8 +37,9 @@ def main() -> None:
     model = build_model(cfg.arch, cfg.args, cfg.task, task.model_inputs(train, params.fetch.dataset))
     run = cfg.train.model_copy(update={"epochs": args.epochs, "device": "cuda"})
     with tempfile.TemporaryDirectory() as tmp:
-        history = engine.fit(model, task.make_loss(run.loss, run.label_smoothing), task.batch_scores, train, None, run,
-                             Path(tmp) / "ckpt.pt", "gpu-bench")
+        objective = engine.Objective(task.make_loss(run.loss, run.label_smoothing), task.batch_scores)
+        spec = engine.CheckpointSpec(Path(tmp) / "ckpt.pt", "gpu-bench")
+        history = engine.fit(model, objective, train, None, run, spec)
     last = history[-1]
     print(f"{torch.cuda.get_device_name()}: {args.model} epoch {last['seconds']:.2f} s, "
           f"{last['samples_per_second']:,.0f} samples/s (batch {run.batch_size}, bf16 autocast)")

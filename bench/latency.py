@@ -100,13 +100,11 @@ def _ort_version() -> str:
 
 
 def _log(experiment: str, rows: list[dict], report: str, args: argparse.Namespace) -> None:
-    import mlflow
-
-    with tracking.model_run(experiment, "bench-latency", "bench/latency.py"):
-        mlflow.log_params({"threads": args.threads, "runs": args.runs, "warmup": args.warmup})
-        mlflow.log_metrics({f"{row['model']}.b{row['batch']}.{key}": row[key] for row in rows
-                            for key in ("torch_ms", "ort_fp32_ms", "ort_int8_ms")})
-        mlflow.log_text(report, "latency.md")
+    with tracking.Tracker.for_project(experiment).model_run("bench-latency", "bench/latency.py") as run:
+        run.log_params({"threads": args.threads, "runs": args.runs, "warmup": args.warmup})
+        run.log_metrics({f"{row['model']}.b{row['batch']}.{key}": row[key] for row in rows
+                         for key in ("torch_ms", "ort_fp32_ms", "ort_int8_ms")})
+        run.log_text(report, "latency.md")
 
 
 if __name__ == "__main__":

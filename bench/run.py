@@ -46,8 +46,8 @@ def engine_epoch(cfg: ModelConfig, model: torch.nn.Module, task, train) -> float
     one_epoch = cfg.train.model_copy(update={"epochs": 1, "warmup_epochs": 0.0})
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        engine.fit(model, task.make_loss(one_epoch.loss), task.batch_scores, train, None, one_epoch,
-                   Path(tmp) / "ckpt.pt", "bench")
+        engine.fit(model, engine.Objective(task.make_loss(one_epoch.loss), task.batch_scores), train, None,
+                   one_epoch, engine.CheckpointSpec(Path(tmp) / "ckpt.pt", "bench"))
         return time.perf_counter() - started
 
 

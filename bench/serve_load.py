@@ -134,9 +134,10 @@ def main() -> None:
           f"{result['requests_per_s']:.0f} requests/s")
     for error in result["first_errors"]:
         print(f"  error: {error}")
-    with tracking.model_run(params.mlflow.experiment, "bench-serve", "bench/serve_load.py"):
-        tracking.log_params({"model": args.model, "requests": args.requests, "clients": args.clients})
-        tracking.log_metrics({key: result[key] for key in ("errors", "p50_ms", "p99_ms", "requests_per_s")})
+    tracker = tracking.Tracker.for_project(params.mlflow.experiment)
+    with tracker.model_run("bench-serve", "bench/serve_load.py") as run:
+        run.log_params({"model": args.model, "requests": args.requests, "clients": args.clients})
+        run.log_metrics({key: result[key] for key in ("errors", "p50_ms", "p99_ms", "requests_per_s")})
 
 
 if __name__ == "__main__":

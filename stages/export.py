@@ -5,6 +5,7 @@ from pathlib import Path
 from dltorch.config import load_params
 from dltorch.entry import model_stage_parser, run_stage
 from dltorch.pipeline.export import ExportPaths, export
+from dltorch.tracking import Tracker
 
 
 def main() -> None:
@@ -19,7 +20,8 @@ def main() -> None:
     params = load_params(args.params)
     paths = ExportPaths(data=args.data, model_dir=args.model_dir, metrics=args.metrics, onnx=args.onnx,
                         parity=args.report, int8=args.int8, deploy=args.deploy)
-    deploy = export(paths, params.model(args.model).export, params.registry_rule(args.model))
+    deploy = export(paths, params.model(args.model).export, params.registry_rule(args.model),
+                    Tracker.for_project(params.mlflow.experiment))
     for precision, record in deploy["registry"].items():
         print(f"{args.model} {precision}: {record['decision']} ({record['reason']})")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from dltorch.config import load_params
 from dltorch.entry import run_stage
 from dltorch.studies.common import run_study
+from dltorch.tracking import Tracker
 
 
 def main() -> None:
@@ -15,7 +16,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the synthetic set it reads (a CSV)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the figure, metrics and curves")
     args = parser.parse_args()
-    metrics = run_study(args.study, load_params(args.params), args.data, args.out)
+    params = load_params(args.params)
+    metrics = run_study(args.study, params, args.data, args.out, Tracker.for_project(params.mlflow.experiment))
     print({k: v for k, v in metrics.items() if k != "variants"})
 
 

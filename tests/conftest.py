@@ -1,9 +1,11 @@
-"""Fixtures: tiny IDX data the tests write themselves, a shrunken params profile, a private MLflow store."""
+"""Fixtures: tiny IDX data the tests write themselves, a shrunken params profile, a private MLflow store for
+every test."""
 
 from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +95,12 @@ def tiny_params() -> Params:
     return parse_params(tiny_params_dict())
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test tracks into its own temporary store, never the repository's mlflow.db. Subprocesses inherit
+    it; a test that wants another store (a tracking server, a repo copy's) sets MLFLOW_TRACKING_URI itself."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if "mlflow" in sys.modules:  # an earlier test may have set MLflow's process-wide URI, which beats the environment
+        sys.modules["mlflow"].set_tracking_uri(uri)
     return uri

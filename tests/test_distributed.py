@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 
 from tests.conftest import REPO, tiny_params_dict
 
 WORKER = REPO / "tests" / "ddp_worker.py"
 
 
-def _worker(raw: Path, epochs: int, checkpoint: Path, out: Path, nproc: int, resume: bool = False) -> dict:
+def _worker(raw: Path, epochs: int, checkpoint: Path, out: Path, nproc: int, resume: bool = False,
+            batch_size: int = 40) -> dict:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command = [*(launcher if nproc > 1 else [sys.executable]), str(WORKER), "--raw", str(raw), "--epochs",
-               str(epochs), "--checkpoint", str(checkpoint), "--out", str(out), *(["--resume"] if resume else [])]
+               str(epochs), "--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", str(batch_size),
+               *(["--resume"] if resume else [])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True)
@@ -32,9 +36,10 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, raw_root: Path):
-    single = _worker(raw_root, 2, tmp_path / "c1.pt", tmp_path / "w1.pt", nproc=1)
-    double = _worker(raw_root, 2, tmp_path / "c2.pt", tmp_path / "w2.pt", nproc=2)
+@pytest.mark.parametrize("batch_size", [40, 33])  # 33 = 17 + 16 per rank, and the last batch of 3 is 2 + 1
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, raw_root: Path, batch_size: int):
+    single = _worker(raw_root, 2, tmp_path / "c1.pt", tmp_path / "w1.pt", nproc=1, batch_size=batch_size)
+    double = _worker(raw_root, 2, tmp_path / "c2.pt", tmp_path / "w2.pt", nproc=2, batch_size=batch_size)
     _assert_close(single, double, atol=1e-5)
     one, two = (torch.load(tmp_path / name, weights_only=True) for name in ("c1.pt", "c2.pt"))
     assert one.keys() == two.keys() and one["epoch"] == two["epoch"] == 2
@@ -55,7 +60,7 @@ def test_a_resumed_distributed_run_continues_from_its_checkpoint(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_the_train_stage_launches_torchrun_and_only_rank_zero_writes(tmp_path: Path, raw_root: Path, mlflow_store):
+def test_the_train_stage_launches_torchrun_and_only_rank_zero_tracks_and_writes(tmp_path: Path, raw_root: Path):
     outputs = {}
     for nproc in (1, 2):
         raw = tiny_params_dict(epochs=2, batch_size=40, optimizer="sgd", lr=0.05, momentum=0.9)
@@ -63,11 +68,19 @@ def test_the_train_stage_launches_torchrun_and_only_rank_zero_writes(tmp_path: P
         params = tmp_path / f"params{nproc}.yaml"
         params.write_text(yaml.safe_dump(raw))
         out = tmp_path / f"mlp{nproc}"
+        store = f"sqlite:///{tmp_path / f'mlflow{nproc}.db'}"  # one store per run: its runs are this stage's alone
+        client = MlflowClient(tracking_uri=store)
+        client.search_experiments()  # make the schema now, as a used store has it: ranks then race only on runs
         result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params),
                                  "--model", "mlp", "--data", str(raw_root), "--out", str(out)],
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": store})
         assert result.returncode == 0, result.stderr[-3000:]
         assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "history.json", "model.pt", "run.json"]
+        runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        assert len(runs) == 1, f"{nproc} process(es) left {len(runs)} runs: every rank tracked, not rank 0 alone"
+        assert json.loads((out / "run.json").read_text())["run_id"] == runs[0].info.run_id
+        assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")] == [1, 2]
         outputs[nproc] = out
     one, two = (torch.load(outputs[n] / "model.pt", weights_only=True)["state_dict"] for n in (1, 2))
     _assert_close(one, two, atol=1e-5)

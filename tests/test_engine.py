@@ -10,6 +10,7 @@ import torch
 from dltorch import augment, engine
 from dltorch.bundle import build_model
 from dltorch.config import TrainConfig
+from dltorch.errors import DeviceError
 from dltorch.tasks import classification
 from tests.helpers import assert_same_weights, interrupt_and_resume
 
@@ -24,8 +25,8 @@ def _setup(raw_root: Path, cfg: TrainConfig):
 
 def _fit(raw_root: Path, cfg: TrainConfig, checkpoint: Path, on_epoch=None, resume=None):
     model, train, val = _setup(raw_root, cfg)
-    history = engine.fit(model, classification.TASK.make_loss(cfg.loss), classification.batch_scores, train, val, cfg,
-                         checkpoint, "fp", resume=resume, on_epoch=on_epoch)
+    objective = engine.Objective(classification.TASK.make_loss(cfg.loss), classification.batch_scores)
+    history = engine.fit(model, objective, train, val, cfg, engine.CheckpointSpec(checkpoint, "fp", resume), on_epoch)
     return model, history
 
 
@@ -123,8 +124,9 @@ def test_early_stopping_stops_when_validation_stalls(raw_root, tmp_path):
     # A learning rate this small leaves the validation accuracy where it started: no epoch beats epoch 1.
     cfg = TrainConfig(epochs=10, batch_size=32, optimizer="sgd", lr=1e-12, val_size=40, early_stopping_patience=2)
     model, train, val = _setup(raw_root, cfg)
-    history = engine.fit(model, classification.TASK.make_loss("cross_entropy"), classification.batch_scores, train, val,
-                         cfg, tmp_path / "c.pt", "fp", monitor=classification.TASK.monitor)
+    objective = engine.Objective(classification.TASK.make_loss("cross_entropy"), classification.batch_scores,
+                                 classification.TASK.monitor)
+    history = engine.fit(model, objective, train, val, cfg, engine.CheckpointSpec(tmp_path / "c.pt", "fp"))
     assert [row["epoch"] for row in history] == [1, 2, 3]
 
 
@@ -136,8 +138,9 @@ def test_the_best_validation_epoch_is_the_one_kept(raw_root, tmp_path):
     def snapshot(record):
         snapshots[record["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    history = engine.fit(model, classification.TASK.make_loss("cross_entropy"), classification.batch_scores, train, val,
-                         cfg, tmp_path / "c.pt", "fp", monitor=("val_loss", "min"), on_epoch=snapshot)
+    objective = engine.Objective(classification.TASK.make_loss("cross_entropy"), classification.batch_scores,
+                                 ("val_loss", "min"))
+    history = engine.fit(model, objective, train, val, cfg, engine.CheckpointSpec(tmp_path / "c.pt", "fp"), snapshot)
     best = min(history, key=lambda row: row["val_loss"])["epoch"]
     assert best != history[-1]["epoch"], "this recipe overshoots, so the best epoch is not the last"
     for name, value in model.state_dict().items():
@@ -161,8 +164,8 @@ def test_augmentation_is_off_by_default_and_changes_inputs_when_on(raw_root, tmp
         seen.clear()
         cfg = TrainConfig(epochs=1, batch_size=1000, val_size=0, augment=augmentation)
         model, train, _ = _setup(raw_root, cfg)
-        engine.fit(Spy(model), classification.TASK.make_loss("cross_entropy"), classification.batch_scores, train, None,
-                   cfg, tmp_path / "c.pt", "fp")
+        objective = engine.Objective(classification.TASK.make_loss("cross_entropy"), classification.batch_scores)
+        engine.fit(Spy(model), objective, train, None, cfg, engine.CheckpointSpec(tmp_path / "c.pt", "fp"))
         order = torch.randperm(len(train), generator=engine.epoch_generator(cfg.seed, 1))
         unchanged = torch.equal(seen[0], train.inputs[order])
         assert unchanged != expect_changed
@@ -211,8 +214,29 @@ def test_precision_sets_the_dtype_of_the_forward_pass_on_cpu(raw_root, tmp_path,
     model, train, val = _setup(raw_root, cfg)
     first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     first_linear.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype) if _m.training else None)
-    history = engine.fit(model, classification.TASK.make_loss(cfg.loss), classification.batch_scores, train, val, cfg,
-                         tmp_path / "p.pt", "fp")
+    objective = engine.Objective(classification.TASK.make_loss(cfg.loss), classification.batch_scores)
+    history = engine.fit(model, objective, train, val, cfg, engine.CheckpointSpec(tmp_path / "p.pt", "fp"))
     assert set(dtypes) == {expected}
     assert next(model.parameters()).dtype == torch.float32  # autocast keeps fp32 master weights
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_a_process_that_does_not_write_trains_alike_but_leaves_no_checkpoint(raw_root, tmp_path):
+    # the other ranks of a torchrun group: the same epochs, but rank 0 alone writes and reports them
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.01, val_size=40)
+    model, train, val = _setup(raw_root, cfg)
+    reported = []
+    objective = engine.Objective(classification.make_loss(cfg.loss), classification.batch_scores)
+    silent = engine.CheckpointSpec(tmp_path / "c.pt", "fp", writes=False)
+    history = engine.fit(model, objective, train, val, cfg, silent, reported.append)
+    _, writer_history = _fit(raw_root, cfg, tmp_path / "w.pt")
+    assert not (tmp_path / "c.pt").exists() and reported == []
+    assert [row["train_loss"] for row in history] == [row["train_loss"] for row in writer_history]
+    assert (tmp_path / "w.pt").exists()
+
+
+def test_asking_for_cuda_without_a_cuda_device_is_a_device_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="train.device is 'cuda' but no CUDA device is available"):
+        engine.select_device("cuda")
+    assert engine.select_device("auto") == torch.device("cpu")

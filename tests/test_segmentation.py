@@ -167,8 +167,9 @@ def test_a_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path:
         assert isinstance(train_data, StreamedData) and len(train_data) == 12 and len(val) == 4
         torch.manual_seed(0)
         model = build_model("unet", {"features": [4, 8]}, "segmentation", task.model_inputs(train_data, "shapes"))
-        history = engine.fit(model, task.TASK.make_loss(cfg.loss), task.batch_scores, train_data, val, cfg, checkpoint,
-                             "fp", monitor=task.TASK.monitor, resume=resume, on_epoch=on_epoch)
+        objective = engine.Objective(task.TASK.make_loss(cfg.loss), task.batch_scores, task.TASK.monitor)
+        history = engine.fit(model, objective, train_data, val, cfg, engine.CheckpointSpec(checkpoint, "fp", resume),
+                             on_epoch)
         return model, history
 
     run = interrupt_and_resume(fit, tmp_path)

@@ -82,6 +82,19 @@ def test_retraining_with_the_checkpoint_resumes_the_same_run(tmp_path, raw_root,
     assert _run(trained).info.run_id != first
 
 
+def test_changing_only_the_targets_trains_afresh(raw_root, trained):
+    first_run = _run(trained).info.run_id
+    first = torch.load(trained / "model.pt", weights_only=True)["state_dict"]
+    labels = raw_root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte"
+    idx = bytearray(labels.read_bytes())
+    idx[8:] = bytes((label + 1) % 10 for label in idx[8:])  # past the 8-byte header: every label moves, no image
+    labels.write_bytes(bytes(idx))
+    train(parse_params(tiny_params_dict()), "mlp", raw_root, trained)  # the same params as `trained`
+    assert _run(trained).info.run_id != first_run  # the old checkpoint was refused: a fresh run
+    retrained = torch.load(trained / "model.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(first[name], retrained[name]) for name in first)
+
+
 def test_evaluate_writes_metrics_figures_and_plots_data(tmp_path, raw_root, trained):
     out = tmp_path / "eval"
     metrics = evaluate(raw_root, trained, out)

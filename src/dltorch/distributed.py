@@ -1,7 +1,9 @@
 """Distributed data parallel as a mode of the one training loop (as torchvision's references do it).
 
 Under `torchrun`, every rank walks the same shuffled order, cuts its own shard out of each global batch,
-and DDP averages the gradients; rank 0 alone writes checkpoints, files and tracking records.
+and DDP averages the gradients; rank 0 alone writes checkpoints, files and tracking records. The door joins the
+process group first (`process_group`, torchvision's `init_distributed_mode`), before anything asks "am I rank 0?",
+and passes the answer down.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -18,12 +22,33 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init(device: torch.device) -> None:
-    """Join the process group torchrun set up; a no-op for a single process."""
-    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+def _expects_group() -> bool:
+    return launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[bool]:
+    """Join the process group torchrun set up (nothing to join for a single process) and leave it on exit.
+
+    Yields whether this process writes (rank 0): files, checkpoints and tracking are its job alone.
+    """
+    joins = _expects_group() and not dist.is_initialized()
+    if joins:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield is_main()
+    finally:
+        if joins:
+            dist.destroy_process_group()
+
+
+def require_group() -> None:
+    """Before the first rank-dependent step: a rank that has not joined would believe it is rank 0 of 1."""
+    if _expects_group() and not dist.is_initialized():
+        raise RuntimeError("launched by torchrun but not in its process group: "
+                           "join it first with `with distributed.process_group(device) as writes:`")
 
 
 def rank() -> int:

@@ -38,6 +38,40 @@ StepCallback = Callable[[float, float], None]  # (batch loss, learning rate of t
 TrainData = TensorData | StreamedData
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What a task trains for: its loss, its per-batch scores (summed over samples), and the validation score
+    that picks the best epoch and drives early stopping (name, "min" or "max")."""
+
+    loss_fn: LossFn
+    score_fn: ScoreFn
+    monitor: tuple[str, str] = ("val_loss", "min")
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Where a run persists itself after every epoch, and what it resumes from.
+
+    `fingerprint` identifies what the run trains on (a checkpoint with another one is not resumed), `extra` rides
+    along (e.g. the tracking run id), `resume` is a loaded checkpoint, and `writes` says whether this process
+    writes (rank 0 alone under torchrun: the door knows, from distributed.process_group).
+    """
+
+    path: Path
+    fingerprint: str
+    resume: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
+    writes: bool = True
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """The optimizer and its per-batch learning-rate schedule: what one step updates."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -144,28 +178,21 @@ def batches(data: TrainData, batch_size: int, generator: torch.Generator | None 
             yield data.subset(order[start : start + batch_size])
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loss_fn: LossFn,
-    score_fn: ScoreFn,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    data: TrainData,
-    batch_size: int,
-    generator: torch.Generator,
-    device: torch.device,
-    cfg: TrainConfig,
-    desc: str,
-    on_step: StepCallback | None = None,
-) -> dict[str, float]:
+def train_one_epoch(model: nn.Module, objective: Objective, optimization: Optimization, data: TrainData,
+                    cfg: TrainConfig, epoch: int, on_step: StepCallback | None = None) -> dict[str, float]:
+    """One pass over `data` in the epoch's order (a function of cfg.seed and epoch), in batches of
+    cfg.batch_size, on the device the model is on; returns the mean loss and scores per sample."""
     model.train()
+    device = next(model.parameters()).device
+    optimizer, scheduler = optimization.optimizer, optimization.scheduler
+    generator = epoch_generator(cfg.seed, epoch)
     totals: dict[str, float] = {"loss": 0.0, "samples": 0.0}  # samples: fresh batches may see more rows than the set
     quiet = None if distributed.is_main() else True  # a bar on rank 0's terminal; none in logs
     # streamed samples come augmented, each with its target (a mask turns with its image): never a second time here
     augment = isinstance(data, TensorData) and (cfg.augment.crop_padding or cfg.augment.hflip)
-    with tqdm(total=len(data), desc=desc, unit="img", unit_scale=True, mininterval=1.0, leave=False,
-              disable=quiet) as bar:
-        for batch in batches(data, batch_size, generator, fresh=cfg.sampling == "fresh_batches"):
+    with tqdm(total=len(data), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", unit_scale=True, mininterval=1.0,
+              leave=False, disable=quiet) as bar:
+        for batch in batches(data, cfg.batch_size, generator, fresh=cfg.sampling == "fresh_batches"):
             inputs, targets = batch.inputs, batch.targets
             if augment:
                 # augment the global batch, then shard: every rank draws the same random numbers
@@ -174,7 +201,7 @@ def train_one_epoch(
             inputs, targets = inputs.to(device, memory_format=memory_format(inputs)), targets.to(device)
             with mixed_precision(device, cfg.precision):
                 outputs = model(inputs)
-                loss = loss_fn(outputs, targets)
+                loss = objective.loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
             if cfg.grad_clip is not None:
@@ -183,7 +210,7 @@ def train_one_epoch(
             if on_step is not None:  # studies watch single steps: their loss and the schedule's learning rate
                 on_step(loss.item(), optimizer.param_groups[0]["lr"])
             scheduler.step()
-            _accumulate(totals, loss.item() * len(targets), score_fn(outputs.detach(), targets))
+            _accumulate(totals, loss.item() * len(targets), objective.score_fn(outputs.detach(), targets))
             totals["samples"] += len(targets)
             bar.update(len(batch.targets))
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
@@ -255,66 +282,56 @@ class Progress:
         return patience is not None and epoch - self.best_epoch >= patience
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, progress: Progress, fingerprint: str,
-                     extra: dict[str, Any] | None) -> None:
-    save_torch(path, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-        "epoch": epoch, "rng": torch.get_rng_state(), "history": progress.history, "best_score": progress.best_score,
-        "best_epoch": progress.best_epoch, "best_state": progress.best_state, "fingerprint": fingerprint,
-        "extra": extra or {},
+def _save_checkpoint(spec: CheckpointSpec, model, optimization: Optimization, epoch: int,
+                     progress: Progress) -> None:
+    save_torch(spec.path, {
+        "model": model.state_dict(), "optimizer": optimization.optimizer.state_dict(),
+        "lr_scheduler": optimization.scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
+        "history": progress.history, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
+        "best_state": progress.best_state, "fingerprint": spec.fingerprint, "extra": spec.extra or {},
     })
 
 
-def _restore(state: dict[str, Any], model, optimizer, scheduler) -> tuple[int, Progress]:
+def _restore(state: dict[str, Any], model, optimization: Optimization) -> tuple[int, Progress]:
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["lr_scheduler"])
+    optimization.optimizer.load_state_dict(state["optimizer"])
+    optimization.scheduler.load_state_dict(state["lr_scheduler"])
     torch.set_rng_state(state["rng"])
     log.info("resuming from the checkpoint of epoch %d", state["epoch"])
     return state["epoch"] + 1, Progress(state["history"], state["best_score"], state["best_epoch"], state["best_state"])
 
 
-def fit(
-    model: nn.Module,
-    loss_fn: LossFn,
-    score_fn: ScoreFn,
-    train: TrainData,
-    val: TensorData | None,
-    cfg: TrainConfig,
-    checkpoint_path: Path | None,
-    fingerprint: str,
-    monitor: tuple[str, str] = ("val_loss", "min"),
-    resume: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-    on_epoch: EpochCallback | None = None,
-    on_step: StepCallback | None = None,
-) -> list[dict[str, Any]]:
-    """Train for cfg.epochs (continuing from `resume`, a loaded checkpoint); returns the per-epoch history.
+def fit(model: nn.Module, objective: Objective, train: TrainData, val: TensorData | None, cfg: TrainConfig,
+        checkpoint: CheckpointSpec | None, on_epoch: EpochCallback | None = None,
+        on_step: StepCallback | None = None) -> list[dict[str, Any]]:
+    """Train for cfg.epochs (continuing from checkpoint.resume); returns the per-epoch history.
 
-    The validation score `monitor` (name, "min" or "max") picks the best epoch, whose weights the model
-    holds on return, and drives early stopping. A checkpoint is written to checkpoint_path after every
-    epoch, tagged with `fingerprint` and carrying `extra` (e.g. the tracking run id); none when checkpoint_path is
-    None (the studies rerun in seconds). `on_step` sees every optimizer step's batch loss and learning rate.
+    The objective's monitor picks the best epoch, whose weights the model holds on return, and drives early
+    stopping. Where checkpoint.writes, a checkpoint is written after every epoch and on_epoch is called; with no
+    checkpoint (a study reruns in seconds) only on_epoch. `on_step` sees every optimizer step's batch loss and
+    learning rate.
     """
     device = select_device(cfg.device)
-    distributed.init(device)
+    distributed.require_group()
     model.to(device, memory_format=torch.channels_last if _sample_ndim(train) == 4 else torch.contiguous_format)
     optimizer = make_optimizer(model.parameters(), cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))
-    start, progress = _restore(resume, model, optimizer, scheduler) if resume else (1, Progress())
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    optimization = Optimization(optimizer, make_scheduler(optimizer, cfg, steps_per_epoch))
+    resume = checkpoint.resume if checkpoint is not None else None
+    writes = checkpoint is None or checkpoint.writes
+    start, progress = _restore(resume, model, optimization) if resume else (1, Progress())
     trained = DistributedDataParallel(model) if distributed.world_size() > 1 else model
     train, val = to_device(train, device), (to_device(val, device) if val is not None else None)
     for epoch in range(start, cfg.epochs + 1):
         if progress.should_stop(epoch - 1, cfg.early_stopping_patience):
             break
-        record = _run_epoch(trained, model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg, epoch, device,
-                            on_step)
+        record = _run_epoch(trained, model, objective, optimization, train, val, cfg, epoch, on_step)
         progress.history.append(record)
-        progress.improve(record, *monitor, model)
-        if distributed.is_main():
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if checkpoint_path is not None:
-                _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, progress, fingerprint, extra)
+        progress.improve(record, *objective.monitor, model)
+        if writes:
+            if checkpoint is not None:  # a model's run; a study's thousands of sub-second epochs print nothing
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+                _save_checkpoint(checkpoint, model, optimization, epoch, progress)
             if on_epoch is not None:
                 on_epoch(record)
     if progress.best_state is not None:
@@ -327,19 +344,18 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def _run_epoch(trained, model, loss_fn, score_fn, optimizer, scheduler, train, val, cfg: TrainConfig, epoch: int,
-               device: torch.device, on_step: StepCallback | None = None) -> dict[str, Any]:
+def _run_epoch(trained, model, objective: Objective, optimization: Optimization, train: TrainData,
+               val: TensorData | None, cfg: TrainConfig, epoch: int, on_step: StepCallback | None) -> dict[str, Any]:
     """One epoch: `trained` (the model, or its DDP wrapper) learns; `model` itself is validated."""
-    generator = epoch_generator(cfg.seed, epoch)
     started = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
-    scores = train_one_epoch(trained, loss_fn, score_fn, optimizer, scheduler, train, cfg.batch_size, generator,
-                             device, cfg, desc=f"epoch {epoch}/{cfg.epochs}", on_step=on_step)
+    lr = optimization.optimizer.param_groups[0]["lr"]
+    scores = train_one_epoch(trained, objective, optimization, train, cfg, epoch, on_step)
     seconds = time.perf_counter() - started
     record: dict[str, Any] = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
                               "samples_per_second": round(len(train) / seconds, 1)}
     record.update({f"train_{k}": v for k, v in scores.items()})
     if val is not None:
-        val_scores = evaluate(model, loss_fn, score_fn, val, max(cfg.batch_size, 1000), device)
+        val_scores = evaluate(model, objective.loss_fn, objective.score_fn, val, max(cfg.batch_size, 1000),
+                              next(model.parameters()).device)
         record.update({f"val_{k}": v for k, v in val_scores.items()})
     return record

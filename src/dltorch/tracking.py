@@ -1,4 +1,16 @@
-"""Everything MLflow: where the store is, one run per model across stages, tags, artifacts, and the registry."""
+"""Everything MLflow: where the store is, one run per model across stages, tags, artifacts, and the registry.
+
+One object, built at the door and passed down (as a store is a resource, not a global):
+
+    tracker = Tracker.for_project(params.mlflow.experiment)      # the door: MLFLOW_TRACKING_URI or ./mlflow.db
+    with tracker.model_run("mlp", "train@mlp") as run:           # the library: records go to `run`, by its id
+        run.log_params({...})
+        run.log_history(history)
+
+A `Run` writes through an MlflowClient bound to the tracker's URI, naming its run id on every call: nothing
+depends on MLflow's process-wide URI or on which run happens to be active. Only MLflow's fluent-only calls
+(logging a model, registering it) need the process-wide URI; `Tracker._fluent` sets it, right before them.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +19,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 CANDIDATE, CHAMPION = "candidate", "champion"
+PARENT_TAG = "mlflow.parentRunId"  # what MLflow's UI reads to nest a child run under its parent
 
 
 def project_root() -> Path:
@@ -40,146 +54,204 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def experiment_id(name: str) -> str:
-    import mlflow
+@dataclass(frozen=True)
+class Tracker:
+    """An MLflow store (its URI) and the experiment new runs go into."""
 
-    mlflow.set_tracking_uri(tracking_uri())
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    uri = tracking_uri()
-    artifact_location = None
-    if uri.startswith("sqlite:///"):
-        # Beside the database, by absolute path: MLflow's default (./mlruns) would follow the cwd, and runs
-        # started from a temp dir (dvc exp run --temp) would lose their artifacts.
-        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # another process created it first
-        return mlflow.get_experiment_by_name(name).experiment_id
+    uri: str
+    experiment: str
+
+    @classmethod
+    def for_project(cls, experiment: str) -> Tracker:
+        """The store a stage uses: MLFLOW_TRACKING_URI, else the project's mlflow.db."""
+        return cls(tracking_uri(), experiment)
+
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        artifact_location = None
+        if self.uri.startswith("sqlite:///"):
+            # Beside the database, by absolute path: MLflow's default (./mlruns) would follow the cwd, and runs
+            # started from a temp dir (dvc exp run --temp) would lose their artifacts.
+            artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
+        try:
+            return client.create_experiment(self.experiment, artifact_location=artifact_location)
+        except Exception:  # another process created it first
+            return client.get_experiment_by_name(self.experiment).experiment_id
+
+    @contextmanager
+    def model_run(self, model: str, stage: str, run_id: str | None = None) -> Iterator[Run]:
+        """Start (or resume, given run_id) the model's run; an exception inside marks it FAILED."""
+        tags = {"git_commit": _git_commit(), "dvc_stage": stage, "model": model}
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+        with self._run(model, tags, run_id) as run:
+            yield run
+
+    @contextmanager
+    def study_run(self, study: str) -> Iterator[Run]:
+        """A study's parent run; its variants run inside as child runs (Run.variant_run)."""
+        with self._run(study, {"git_commit": _git_commit(), "dvc_stage": f"study@{study}", "study": study}) as run:
+            yield run
+
+    @contextmanager
+    def _run(self, name: str, tags: dict[str, str], run_id: str | None = None,
+             experiment_id: str | None = None) -> Iterator[Run]:
+        from mlflow.tracking.context.registry import resolve_tags  # the source, user and git tags MLflow adds
+
+        client = self.client()
+        if run_id is None:
+            info = client.create_run(experiment_id or self.experiment_id(), run_name=name,
+                                     tags=resolve_tags(tags)).info
+        else:
+            info = client.get_run(run_id).info
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=_tags(tags))
+        run = Run(self, info.run_id, info.experiment_id)
+        try:
+            yield run
+        except BaseException:
+            client.set_terminated(run.id, "FAILED")
+            raise
+        client.set_terminated(run.id, "FINISHED")
+
+    def _fluent(self) -> None:
+        """Point MLflow's process-wide URI at this store, for the calls that only exist in the fluent API."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)  # the registry follows it: no registry URI is set anywhere
+
+    def register_and_promote(self, model_uri: str, name: str, metric: str, value: float, direction: str,
+                             tags: dict[str, str] | None = None) -> dict[str, Any]:
+        """Register a new version of `name` with alias `candidate`; move `champion` to it only if its metric beats
+        the champion's (read from the champion version's tag of the same name). Returns the decision and numbers."""
+        import mlflow
+
+        self._fluent()
+        client = self.client()
+        version = mlflow.register_model(model_uri, name, tags={**(tags or {}), metric: repr(float(value))}).version
+        client.set_registered_model_alias(name, CANDIDATE, version)
+        aliases = client.get_registered_model(name).aliases
+        record: dict[str, Any] = {"registered_model": name, "version": int(version), "metric": metric,
+                                  "direction": direction, "candidate": float(value)}
+        if CHAMPION not in aliases:
+            record.update(champion_version=None, champion=None, decision="promoted", reason="no champion yet")
+        else:
+            old = client.get_model_version(name, aliases[CHAMPION])
+            record["champion_version"] = int(old.version)
+            if metric not in old.tags:
+                record.update(champion=None, decision="promoted",
+                              reason=f"champion v{old.version} has no '{metric}' tag to compare")
+            else:
+                record["champion"] = float(old.tags[metric])
+                better = beats(record["candidate"], record["champion"], direction)
+                record.update(decision="promoted" if better else "kept",
+                              reason=f"{metric} {record['candidate']:.6g} vs champion {record['champion']:.6g} "
+                                     f"({direction}): {'better' if better else 'not better'}")
+        if record["decision"] == "promoted":
+            client.set_registered_model_alias(name, CHAMPION, version)
+        return record
 
 
-@contextmanager
-def model_run(experiment: str, run_name: str, stage: str, run_id: str | None = None) -> Iterator[Any]:
-    """Start (or resume, given run_id) the model's run; an exception inside marks it FAILED."""
-    import mlflow
+@dataclass(frozen=True)
+class Run:
+    """One MLflow run of a tracker's store; every record names this run."""
 
-    exp_id = experiment_id(experiment)
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name) as run:
-        mlflow.set_tags({"git_commit": _git_commit(), "dvc_stage": stage, "model": run_name})
-        exp_name = os.environ.get("DVC_EXP_NAME")
-        if exp_name:
-            mlflow.set_tag("dvc_exp", exp_name)
-        yield run
+    tracker: Tracker
+    id: str
+    experiment_id: str
 
+    @contextmanager
+    def variant_run(self, study: str, variant: str) -> Iterator[Run]:
+        """One variant of this study run, as a child run tagged with the study and variant names."""
+        tags = {PARENT_TAG: self.id, "study": study, "variant": variant}
+        with self.tracker._run(variant, tags, experiment_id=self.experiment_id) as run:
+            yield run
 
-@contextmanager
-def study_run(experiment: str, study: str) -> Iterator[Any]:
-    """A study's parent run; its variants run inside as nested child runs (variant_run)."""
-    import mlflow
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
 
-    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=study) as run:
-        mlflow.set_tags({"git_commit": _git_commit(), "dvc_stage": f"study@{study}", "study": study})
-        yield run
+        self.tracker.client().log_batch(self.id, params=[Param(k, str(v)) for k, v in _flatten(params).items()])
 
+    def log_metrics(self, metrics: dict[str, Any], step: int = 0) -> None:
+        self.log_history([{"step": step, **_flatten(metrics)}], step_key="step")
 
-@contextmanager
-def variant_run(study: str, variant: str) -> Iterator[Any]:
-    """One variant of the running study, as a child run tagged with the study and variant names."""
-    import mlflow
+    def log_history(self, history: list[dict[str, Any]], step_key: str = "epoch") -> None:
+        """A whole history at once (one batched write, not one per row): each numeric field at step = row[step_key]."""
+        from mlflow.entities import Metric
 
-    parent = mlflow.active_run()  # the child must name the parent's experiment, or it lands in the default one
-    with mlflow.start_run(run_name=variant, nested=True, experiment_id=parent.info.experiment_id) as run:
-        mlflow.set_tags({"study": study, "variant": variant})
-        yield run
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, float(value), now, int(row[step_key])) for row in history
+                   for name, value in row.items()
+                   if name != step_key and isinstance(value, int | float) and not isinstance(value, bool)]
+        self.tracker.client().log_batch(self.id, metrics=metrics)
 
+    @contextmanager
+    def epoch_logger(self, interval_s: float = 1.0) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """An on_epoch callback that writes epochs in batches at most once per interval_s, and the rest on exit.
 
-def log_params(params: dict[str, Any]) -> None:
-    import mlflow
-
-    mlflow.log_params(_flatten(params))
-
-
-def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
-    import mlflow
-
-    numeric = {name: float(value) for name, value in _flatten(metrics).items()
-               if isinstance(value, int | float) and not isinstance(value, bool)}
-    mlflow.log_metrics(numeric, step=step)
-
-
-def log_epoch(record: dict[str, Any]) -> None:
-    """One engine history record as metrics at step = epoch."""
-    log_metrics({name: value for name, value in record.items() if name != "epoch"}, step=record["epoch"])
-
-
-@contextmanager
-def epoch_logger(interval_s: float = 1.0) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """An on_epoch callback that writes epochs in batches at most once per interval_s, and the rest on exit.
-
-    Each write is a database transaction: 1000 sub-millisecond epochs logged one by one would take far longer
-    than training them, while an epoch that takes longer than interval_s is still written as soon as it ends.
-    """
-    pending: list[dict[str, Any]] = []
-    last = time.monotonic()
-
-    def flush() -> None:
-        nonlocal last
-        if pending:
-            log_history(pending)
-            pending.clear()
+        Each write is a database transaction: 1000 sub-millisecond epochs logged one by one would take far longer
+        than training them, while an epoch that takes longer than interval_s is still written as soon as it ends.
+        """
+        pending: list[dict[str, Any]] = []
         last = time.monotonic()
 
-    def on_epoch(record: dict[str, Any]) -> None:
-        pending.append(record)
-        if time.monotonic() - last >= interval_s:
-            flush()
+        def flush() -> None:
+            nonlocal last
+            if pending:
+                self.log_history(pending)
+                pending.clear()
+            last = time.monotonic()
 
-    try:
-        yield on_epoch
-    finally:
-        flush()  # also after a crash: a resumed run keeps the epochs it had
+        def on_epoch(record: dict[str, Any]) -> None:
+            pending.append(record)
+            if time.monotonic() - last >= interval_s:
+                flush()
 
+        try:
+            yield on_epoch
+        finally:
+            flush()  # also after a crash: a resumed run keeps the epochs it had
 
-def log_history(history: list[dict[str, Any]], step_key: str = "epoch") -> None:
-    """A whole history at once (one batched write, not one per row): each numeric field at step = row[step_key]."""
-    import mlflow
-    from mlflow.entities import Metric
+    def log_artifacts(self, paths: list[Path], folder: str) -> None:
+        client = self.tracker.client()
+        for path in paths:
+            client.log_artifact(self.id, str(path), artifact_path=folder)
 
-    now = int(time.time() * 1000)
-    metrics = [Metric(name, float(value), now, int(row[step_key])) for row in history for name, value in row.items()
-               if name != step_key and isinstance(value, int | float) and not isinstance(value, bool)]
-    mlflow.tracking.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=metrics)
+    def log_text(self, text: str, path: str) -> None:
+        self.tracker.client().log_text(self.id, text, path)
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.tracker.client().log_batch(self.id, tags=_tags(tags))
 
-def log_artifacts(paths: list[Path], folder: str) -> None:
-    import mlflow
+    def log_onnx_model(self, onnx_path: Path, example: Any, output: Any, name: str = "model") -> str:
+        """The ONNX model with a signature (dynamic batch) and an input example, servable by `mlflow models serve`.
 
-    for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        The signature is what makes the server answer 400 to a wrong shape or an unconvertible dtype.
+        Returns the logged model's URI (models:/<model_id>).
+        """
+        import mlflow
+        import mlflow.onnx
+        import onnx
 
-
-def set_tags(tags: dict[str, Any]) -> None:
-    import mlflow
-
-    mlflow.set_tags({name: str(value) for name, value in tags.items()})
-
-
-def log_onnx_model(onnx_path: Path, example: Any, output: Any, name: str = "model") -> str:
-    """The ONNX model with a signature (dynamic batch) and an input example, servable by `mlflow models serve`.
-
-    The signature is what makes the server answer 400 to a wrong shape or an unconvertible dtype.
-    Returns the logged model's URI (models:/<model_id>).
-    """
-    import mlflow.onnx
-    import onnx
-
-    proto = onnx.load(str(onnx_path))
-    info = mlflow.onnx.log_model(
-        proto, name=name, signature=_signature(proto, example, output), input_example=example,
-        save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
-    )
-    return info.model_uri
+        proto = onnx.load(str(onnx_path))
+        self.tracker._fluent()
+        # log_model attaches the model to the active run: this one, for this call only. Leaving start_run marks
+        # the run FINISHED; it is running again until the stage's own run ends and sets its final status.
+        with mlflow.start_run(run_id=self.id):
+            info = mlflow.onnx.log_model(
+                proto, name=name, signature=_signature(proto, example, output), input_example=example,
+                save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+            )
+        self.tracker.client().update_run(self.id, status="RUNNING")
+        return info.model_uri
 
 
 def _signature(proto: Any, example: Any, output: Any) -> Any:
@@ -210,37 +282,10 @@ def beats(candidate: float, champion: float, direction: str) -> bool:
     raise ValueError(f"unknown direction '{direction}'; known: max, min")
 
 
-def register_and_promote(model_uri: str, name: str, metric: str, value: float, direction: str,
-                         tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Register a new version of `name` with alias `candidate`; move `champion` to it only if its metric beats
-    the champion's (read from the champion version's tag of the same name). Returns the decision and numbers."""
-    import mlflow
-    from mlflow import MlflowClient
+def _tags(tags: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import RunTag
 
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags={**(tags or {}), metric: repr(float(value))}).version
-    client.set_registered_model_alias(name, CANDIDATE, version)
-    aliases = client.get_registered_model(name).aliases
-    record: dict[str, Any] = {"registered_model": name, "version": int(version), "metric": metric,
-                              "direction": direction, "candidate": float(value)}
-    if CHAMPION not in aliases:
-        record.update(champion_version=None, champion=None, decision="promoted", reason="no champion yet")
-    else:
-        old = client.get_model_version(name, aliases[CHAMPION])
-        record["champion_version"] = int(old.version)
-        if metric not in old.tags:
-            record.update(champion=None, decision="promoted",
-                          reason=f"champion v{old.version} has no '{metric}' tag to compare")
-        else:
-            record["champion"] = float(old.tags[metric])
-            better = beats(record["candidate"], record["champion"], direction)
-            record.update(decision="promoted" if better else "kept",
-                          reason=f"{metric} {record['candidate']:.6g} vs champion {record['champion']:.6g} "
-                                 f"({direction}): {'better' if better else 'not better'}")
-    if record["decision"] == "promoted":
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return record
+    return [RunTag(name, str(value)) for name, value in tags.items()]
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,16 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dltorch import engine, tracking
+from dltorch import engine
 from dltorch.bundle import load_model
 from dltorch.config import GateConfig, TrainConfig
 from dltorch.errors import QualityGateError
 from dltorch.io import read_json, write_json
-from dltorch.pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
+from dltorch.layout import HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.tasks import Evaluation, Task, get_task
+from dltorch.tracking import Tracker
 
 
-def evaluate(raw_root: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None = None) -> dict:
+def evaluate(raw_root: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None = None,
+             tracker: Tracker | None = None) -> dict:
+    """Test metrics and figures, logged to the model's run in `tracker`'s store (by default the project's); then
+    the model's gate, if params set one."""
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     train_cfg = bundle.config["train"]
@@ -33,11 +37,12 @@ def evaluate(raw_root: Path, model_dir: Path, out_dir: Path, gate: GateConfig | 
         metrics["gate"] = judge(metrics, gate)
     write_json(out_dir / "metrics.json", metrics)
     run = read_json(model_dir / RUN_FILE)
-    with tracking.model_run(run["experiment"], bundle.name, f"evaluate@{bundle.name}", run_id=run["run_id"]):
-        tracking.log_metrics(metrics)
-        tracking.log_artifacts([*figures, out_dir / "metrics.json"], "evaluate")
+    tracker = tracker or Tracker.for_project(run["experiment"])
+    with tracker.model_run(bundle.name, f"evaluate@{bundle.name}", run_id=run["run_id"]) as tracked:
+        tracked.log_metrics(metrics)
+        tracked.log_artifacts([*figures, out_dir / "metrics.json"], "evaluate")
         if gate is not None:
-            tracking.set_tags({"gate": metrics["gate"]["reason"]})
+            tracked.set_tags({"gate": metrics["gate"]["reason"]})
             if not metrics["gate"]["passed"]:  # inside the run, so MLflow marks it FAILED
                 raise QualityGateError(f"{bundle.name}: {metrics['gate']['reason']}")
     return metrics

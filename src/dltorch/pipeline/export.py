@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dltorch import tracking
 from dltorch.bundle import ModelBundle, load_model
 from dltorch.config import ExportConfig, RegistryRule, TrainConfig
 from dltorch.data.images import TensorData
@@ -30,8 +29,9 @@ from dltorch.export import (
     run_onnx,
 )
 from dltorch.io import atomic_path, read_json, write_json
-from dltorch.pipeline.train import MODEL_FILE, RUN_FILE
+from dltorch.layout import MODEL_FILE, RUN_FILE
 from dltorch.tasks import get_task
+from dltorch.tracking import Run, Tracker
 
 SIGNATURE_EXAMPLES = 4
 INT8_SUFFIX = "-int8"  # the int8 model's name in the registry: `<model>-int8`
@@ -70,20 +70,21 @@ class Subject:
     score: float  # the registry rule's metric as evaluate measured it
 
 
-def export(paths: ExportPaths, spec: ExportConfig, rule: RegistryRule) -> dict:
-    """The whole stage. The ONNX file appears only if parity passes (the parity report is written either way);
-    then the int8 file, and the registry versions: fp32 always, int8 only if it passes its gate. Returns deploy's
-    report."""
+def export(paths: ExportPaths, spec: ExportConfig, rule: RegistryRule, tracker: Tracker | None = None) -> dict:
+    """The whole stage, in the model's run of `tracker`'s store (by default the project's). The ONNX file appears
+    only if parity passes (the parity report is written either way); then the int8 file, and the registry versions:
+    fp32 always, int8 only if it passes its gate. Returns deploy's report."""
     subject = load_subject(paths, rule)
-    run = read_json(paths.model_dir / RUN_FILE)
+    record = read_json(paths.model_dir / RUN_FILE)
+    tracker = tracker or Tracker.for_project(record["experiment"])
     name = subject.bundle.name
-    with tracking.model_run(run["experiment"], name, f"export@{name}", run_id=run["run_id"]):
-        export_checked(subject, paths, spec)
-        fp32_uri = log_servable(subject, paths.onnx)
+    with tracker.model_run(name, f"export@{name}", run_id=record["run_id"]) as run:
+        export_checked(subject, paths, spec, run)
+        fp32_uri = log_servable(subject, paths.onnx, run)
         quantize(subject, paths, spec)
         int8 = score_int8(subject, paths, spec, rule)
-        registry = register(subject, paths, rule, fp32_uri, int8)
-        return write_deploy(subject, paths, int8, registry)
+        registry = register(subject, paths, rule, fp32_uri, int8, run)
+        return write_deploy(subject, paths, int8, registry, run)
 
 
 def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
@@ -96,7 +97,7 @@ def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
                    score)
 
 
-def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig) -> dict[str, Any]:
+def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run: Run) -> dict[str, Any]:
     """ONNX at paths.onnx only if onnxruntime matches torch on the whole test set; the report either way."""
     task, test = subject.task, subject.test
     with atomic_path(paths.onnx) as candidate:
@@ -106,18 +107,18 @@ def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig) -> 
             candidate, subject.model, test.inputs, test.targets, spec.atol, spec.batch_size, task.parity_checks,
             other_shape=task.other_shape(test) if task.other_shape else None)}
         write_json(paths.parity, report)
-        tracking.log_artifacts([paths.parity], "export")
-        tracking.log_metrics({"parity_passed": int(report["passed"]),
-                              "parity_max_abs_diff": report["checks"]["max_abs_diff"]["measured"]})
+        run.log_artifacts([paths.parity], "export")
+        run.log_metrics({"parity_passed": int(report["passed"]),
+                         "parity_max_abs_diff": report["checks"]["max_abs_diff"]["measured"]})
         assert_parity(report, paths.onnx)  # raises before anything is logged as a model or registered
     return report
 
 
-def log_servable(subject: Subject, onnx_path: Path, name: str = "model") -> str:
+def log_servable(subject: Subject, onnx_path: Path, run: Run, name: str = "model") -> str:
     """Log an ONNX file as an MLflow model, with a signature and input example from the test set; its URI."""
     example = subject.test.inputs[:SIGNATURE_EXAMPLES].numpy()
     example_out = run_onnx(onnx_session(onnx_path), example, SIGNATURE_EXAMPLES)
-    return tracking.log_onnx_model(onnx_path, example, example_out, name=name)
+    return run.log_onnx_model(onnx_path, example, example_out, name=name)
 
 
 def quantize(subject: Subject, paths: ExportPaths, spec: ExportConfig) -> None:
@@ -162,30 +163,31 @@ def int8_verdict(measured: dict[str, Any], rule: RegistryRule, max_drop: float) 
             "passed": accurate and not slower, "reason": reason}
 
 
-def register(subject: Subject, paths: ExportPaths, rule: RegistryRule, fp32_uri: str,
-             int8: dict[str, Any]) -> dict[str, dict]:
+def register(subject: Subject, paths: ExportPaths, rule: RegistryRule, fp32_uri: str, int8: dict[str, Any],
+             run: Run) -> dict[str, dict]:
     """fp32 always (a candidate; champion on a better score); int8 as `<model>-int8` only if it passed its gate."""
     name = subject.bundle.name
-    registry = {"fp32": tracking.register_and_promote(fp32_uri, name, rule.metric, subject.score, rule.direction,
-                                                      {"precision": "fp32"})}
+    registry = {"fp32": run.tracker.register_and_promote(fp32_uri, name, rule.metric, subject.score, rule.direction,
+                                                         {"precision": "fp32"})}
     if int8["passed"]:
-        int8_uri = log_servable(subject, paths.int8, name="model_int8")
-        registry["int8"] = tracking.register_and_promote(int8_uri, name + INT8_SUFFIX, rule.metric,
-                                                         int8["int8"][rule.metric], rule.direction,
-                                                         {"precision": "int8"})
+        int8_uri = log_servable(subject, paths.int8, run, name="model_int8")
+        registry["int8"] = run.tracker.register_and_promote(int8_uri, name + INT8_SUFFIX, rule.metric,
+                                                            int8["int8"][rule.metric], rule.direction,
+                                                            {"precision": "int8"})
     else:
         registry["int8"] = {"registered_model": name + INT8_SUFFIX, "decision": "not registered",
                             "reason": int8["reason"]}
     return registry
 
 
-def write_deploy(subject: Subject, paths: ExportPaths, int8: dict[str, Any], registry: dict[str, dict]) -> dict:
+def write_deploy(subject: Subject, paths: ExportPaths, int8: dict[str, Any], registry: dict[str, dict],
+                 run: Run) -> dict:
     """deploy.json, and the same decisions in the run: metrics, and tags with the reasons."""
     deploy = {"model": subject.bundle.name, "int8": int8, "registry": registry}
     write_json(paths.deploy, deploy)
-    tracking.log_artifacts([paths.deploy], "export")
-    tracking.log_metrics(_deploy_metrics(int8, registry))
-    tracking.set_tags({"int8.reason": int8["reason"],
+    run.log_artifacts([paths.deploy], "export")
+    run.log_metrics(_deploy_metrics(int8, registry))
+    run.set_tags({"int8.reason": int8["reason"],
                        **{f"registry.{precision}.{key}": record[key] for precision, record in registry.items()
                           for key in ("decision", "reason", "version") if key in record}})
     return deploy

@@ -9,34 +9,46 @@ from pathlib import Path
 
 import torch
 
-from dltorch import distributed, engine, tracking
+from dltorch import engine
 from dltorch.bundle import ModelBundle, build_model, save_model
-from dltorch.config import Params
+from dltorch.config import ModelConfig, Params
 from dltorch.data.images import TensorData
+from dltorch.data.streamed import StreamedData
 from dltorch.io import save_torch, write_json
+from dltorch.layout import CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
+from dltorch.models.registry import validate_args
 from dltorch.tasks import get_task
+from dltorch.tracking import Tracker
 
-MODEL_FILE = "model.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.json"
-RUN_FILE = "run.json"
+TRAINING_KEYS = ("arch", "task", "data", "train")  # not `export`: exporting differently needs no retraining
 
 
-TRAINING_KEYS = ("arch", "task", "data", "args", "train")  # not `export`: exporting differently needs no retraining
-
-
-def _fingerprint(config: dict, dataset: str, train_data: engine.TrainData) -> str:
-    """Identifies what a checkpoint was trained on: other params or data start training afresh. In-memory data
-    is summed; streamed data carries its own signature (e.g. a digest of its files)."""
-    trained_on = {key: config[key] for key in TRAINING_KEYS}
-    signature = (round(float(train_data.inputs.sum()), 3) if isinstance(train_data, TensorData)
-                 else train_data.signature)
-    payload = json.dumps({"config": trained_on, "dataset": dataset, "sum": signature, "n": len(train_data)},
-                         sort_keys=True, default=str)
+def _fingerprint(cfg: ModelConfig, dataset: str, train_data: engine.TrainData, val_data: TensorData | None) -> str:
+    """Identifies what a checkpoint was trained on, so other params or data start training afresh: the resolved
+    config (the architecture's default arguments written out, so a changed default counts too) and a digest of
+    every byte training read, inputs and targets of both splits (the validation split picks the best epoch)."""
+    config = cfg.model_dump(mode="json")
+    trained_on = {key: config[key] for key in TRAINING_KEYS} | {"args": validate_args(cfg.arch, cfg.args)}
+    payload = json.dumps({"config": trained_on, "dataset": dataset, "train": _digest(train_data),
+                          "val": _digest(val_data)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict]:
+def _digest(data: engine.TrainData | None) -> str | None:
+    """In-memory tensors are hashed byte for byte; streamed data carries its own signature (a digest of its files)."""
+    if data is None or isinstance(data, StreamedData):
+        return None if data is None else data.signature
+    digest = hashlib.sha256()
+    for tensor in (data.inputs, data.targets):
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool = True,
+          tracker: Tracker | None = None) -> list[dict]:
+    """Train model `name`, tracked by `tracker` (the door's; by default the project's store). `writes` says whether
+    this process tracks and writes: under torchrun rank 0 alone (the door joins the group: process_group)."""
     cfg = params.model(name)
     task = get_task(cfg.task)
     dataset = task.dataset_name(raw_root, params.fetch.dataset)
@@ -46,31 +58,30 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.arch, cfg.args, cfg.task, inputs)
     config = cfg.model_dump(mode="json")
-    fingerprint = _fingerprint(config, dataset, train_data)
+    fingerprint = _fingerprint(cfg, dataset, train_data, val_data)
     checkpoint = out_dir / CHECKPOINT_FILE
     resume = engine.load_checkpoint(checkpoint, fingerprint)
     run_id = resume["extra"].get("run_id") if resume else None
-    main = distributed.is_main()  # under torchrun, rank 0 alone tracks and writes
-    tracked = tracking.model_run(params.mlflow.experiment, name, f"train@{name}", run_id=run_id) if main \
-        else nullcontext()
-    with tracked as run:
-        if main and resume is None:
-            tracking.log_params({"dataset": dataset, **config})
+    tracker = tracker or Tracker.for_project(params.mlflow.experiment)
+    with tracker.model_run(name, f"train@{name}", run_id=run_id) if writes else nullcontext() as run:
+        if run and resume is None:
+            run.log_params({"dataset": dataset, **config})
         if cfg.train.trainer == "engine":
-            with tracking.epoch_logger() if main else nullcontext(None) as log_epoch:
-                history = engine.fit(
-                    model, task.make_loss(cfg.train.loss, cfg.train.label_smoothing), task.batch_scores,
-                    train_data, val_data, cfg.train, checkpoint, fingerprint, monitor=task.monitor, resume=resume,
-                    extra={"run_id": run.info.run_id} if main else None, on_epoch=log_epoch,
-                )
+            with run.epoch_logger() if run else nullcontext() as log_epoch:
+                objective = engine.Objective(task.make_loss(cfg.train.loss, cfg.train.label_smoothing),
+                                             task.batch_scores, task.monitor)
+                spec = engine.CheckpointSpec(checkpoint, fingerprint, resume, {"run_id": run.id} if run else None,
+                                             writes)
+                history = engine.fit(model, objective, train_data, val_data, cfg.train, spec, log_epoch)
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
             history = task.trainers[cfg.train.trainer](model, raw_root, cfg.train)
-            tracking.log_history(history)
-            save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
-                                    "fingerprint": fingerprint, "extra": {"run_id": run.info.run_id}})
-        if main:
+            if run:
+                run.log_history(history)
+                save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
+                                        "fingerprint": fingerprint, "extra": {"run_id": run.id}})
+        if run:
             bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
             save_model(out_dir / MODEL_FILE, bundle, model.cpu())
             write_json(out_dir / HISTORY_FILE, history)
-            write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment": params.mlflow.experiment})
+            write_json(out_dir / RUN_FILE, {"run_id": run.id, "experiment": tracker.experiment})
     return history

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dltorch import engine, plots, tracking
+from dltorch import engine, plots
 from dltorch.config import Params, TrainConfig
 from dltorch.data.images import TensorData
 from dltorch.data.synthetic import read_set
@@ -21,6 +21,7 @@ from dltorch.io import write_csv, write_json
 from dltorch.models import create
 from dltorch.studies import registry
 from dltorch.tasks.regression import TASK as regression
+from dltorch.tracking import Tracker
 
 FIGURE_FILE = "comparison.png"
 METRICS_FILE = "metrics.json"
@@ -95,7 +96,7 @@ def train_variant(arch: str, args: dict[str, Any], cfg: TrainConfig, train: Tens
             row["test_loss"] = _loss(model, loss_fn, test, device)
         result.epochs.append(row)
 
-    engine.fit(model, loss_fn, regression.batch_scores, train, None, cfg, checkpoint_path=None, fingerprint="",
+    engine.fit(model, engine.Objective(loss_fn, regression.batch_scores), train, None, cfg, checkpoint=None,
                on_epoch=on_epoch, on_step=on_step)
     model.cpu().eval()
     return result
@@ -105,27 +106,29 @@ def _loss(model: nn.Module, loss_fn: Any, data: TensorData, device: torch.device
     return engine.evaluate(model, loss_fn, regression.batch_scores, data, EVAL_BATCH, device)["loss"]
 
 
-def run_study(name: str, params: Params, data: Path, out_dir: Path) -> dict[str, Any]:
+def run_study(name: str, params: Params, data: Path, out_dir: Path,
+              tracker: Tracker | None = None) -> dict[str, Any]:
     """Train every variant of study `name` inside one MLflow parent run; returns the metrics it wrote."""
     study, cfg = registry.get(name), params.study(name)
     train, test = load_set(data)
     results: dict[str, VariantResult] = {}
-    with tracking.study_run(params.mlflow.experiment, name):
-        tracking.log_params({"data": cfg.data, "variants": ",".join(cfg.variants)})
+    tracker = tracker or Tracker.for_project(params.mlflow.experiment)
+    with tracker.study_run(name) as parent:
+        parent.log_params({"data": cfg.data, "variants": ",".join(cfg.variants)})
         for variant in cfg.variants:
             arch, args, train_cfg = cfg.variant(variant)
-            with tracking.variant_run(name, variant):
-                tracking.log_params({"arch": arch, "args": args, **train_cfg.model_dump(mode="json")})
+            with parent.variant_run(name, variant) as child:
+                child.log_params({"arch": arch, "args": args, **train_cfg.model_dump(mode="json")})
                 results[variant] = train_variant(arch, args, train_cfg, train, test)
-                tracking.log_history(results[variant].steps, step_key="step")
-                tracking.log_history(results[variant].epochs, step_key="epoch")
-                tracking.log_metrics(study.summarize_variant(results[variant]))
+                child.log_history(results[variant].steps, step_key="step")
+                child.log_history(results[variant].epochs, step_key="epoch")
+                child.log_metrics(study.summarize_variant(results[variant]))
         metrics = study.summarize(results)
         figure = study.figure(results, train, test, out_dir / FIGURE_FILE)
         write_json(out_dir / METRICS_FILE, metrics)
         write_curves(out_dir / CURVES_FILE, results, study.curve)
-        tracking.log_metrics(metrics)  # the parent holds every variant's summary too, for one-glance comparison
-        tracking.log_artifacts([figure, out_dir / METRICS_FILE, out_dir / CURVES_FILE], name)
+        parent.log_metrics(metrics)  # the parent holds every variant's summary too, for one-glance comparison
+        parent.log_artifacts([figure, out_dir / METRICS_FILE, out_dir / CURVES_FILE], name)
     return metrics
 
 
