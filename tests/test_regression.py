@@ -51,9 +51,10 @@ def _train_evaluate_export(name: str, tmp_path: Path, synthetic_root: Path) -> t
     model_dir = tmp_path / name
     train(REPO_PARAMS, name, data, model_dir)
     metrics = evaluate(data, model_dir, model_dir / "eval")
+    details = json.loads((model_dir / "eval" / "details.json").read_text())  # w, b and the closed form
     spec, rule = REPO_PARAMS.model(name).export, REPO_PARAMS.registry_rule(name)
     export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path), spec, rule)
-    return metrics, json.loads((tmp_path / "parity.json").read_text()), data
+    return {**metrics, **details}, json.loads((tmp_path / "parity.json").read_text()), data
 
 
 def course_numpy_gd(x: np.ndarray, y: np.ndarray, lr: float, iterations: int) -> tuple[float, float]:

@@ -117,6 +117,7 @@ def test_lstm_trains_reports_baselines_exports_and_passes_parity_at_a_second_len
     assert math.isfinite(history[0]["val_loss"])  # neither NaN nor infinite: 20 windows of the validation series
 
     metrics = evaluate(data, model_dir, model_dir / "eval")
+    metrics |= json.loads((model_dir / "eval" / "details.json").read_text())  # the baselines beside the headline
     _, model = load_model(model_dir / "model.pt")
     test = sequence.load_test(data, "sequences")
     assert len(test) == 2 * (40 - 16 - 4 + 1)  # two test series, every window

@@ -100,7 +100,11 @@ def test_evaluate_writes_metrics_figures_and_plots_data(tmp_path, raw_root, trai
     metrics = evaluate(raw_root, trained, out)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics and 0.0 <= saved["test_accuracy"] <= 1.0
-    assert len(saved["per_class_accuracy"]) == 10
+    # the headline only (dvc metrics show): the task's metrics and the training time; the rest in details.json
+    history = json.loads((trained / "history.json").read_text())
+    assert set(saved) == {"test_accuracy", "test_loss", "train_seconds"} and saved["train_seconds"] > 0
+    assert saved["train_seconds"] <= sum(row["seconds"] for row in history) + 0.05
+    assert len(json.loads((out / "details.json").read_text())["per_class_accuracy"]) == 10
     for figure in ("curves.png", "confusion.png", "predictions.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (out / "predictions.csv").read_text().splitlines()
@@ -117,12 +121,14 @@ def test_a_model_below_its_gate_fails_evaluate_with_whole_outputs(tmp_path, raw_
     out = tmp_path / "eval"
     with pytest.raises(QualityGateError, match=r"mlp: test_loss: measured 0\.\d{4} vs required <= 0\.0000: failed"):
         evaluate(raw_root, trained, out, GateConfig(metric="test_loss", max=0.0))
-    saved = json.loads((out / "metrics.json").read_text())
-    assert saved["gate"]["passed"] is False and saved["gate"]["measured"] == saved["test_loss"] > 0
+    saved = json.loads((out / "details.json").read_text())
+    measured = json.loads((out / "metrics.json").read_text())["test_loss"]
+    assert saved["gate"]["passed"] is False and saved["gate"]["measured"] == measured > 0
     assert (out / "predictions.csv").read_text().count("\n") == 1 + 60
     assert _run(trained).info.status == "FAILED"
-    metrics = evaluate(raw_root, trained, out, GateConfig(metric="test_accuracy", min=0.0))
-    assert metrics["gate"]["passed"] is True and metrics["gate"]["required"] == 0.0
+    evaluate(raw_root, trained, out, GateConfig(metric="test_accuracy", min=0.0))
+    verdict = json.loads((out / "details.json").read_text())["gate"]
+    assert verdict["passed"] is True and verdict["required"] == 0.0
     assert _run(trained).data.tags["gate"].endswith("passed")
 
 

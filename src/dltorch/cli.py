@@ -1,4 +1,5 @@
-"""The `dltorch` command: `predict` runs an exported ONNX model on image files; `serve` serves a registered model.
+"""The `dltorch` command: `predict` runs an exported ONNX model on image files; `serve` serves a registered model;
+`results` prints every model's results at a glance.
 
 Exit codes: 0 all good, 1 some image could not be read (the others are still predicted), 2 a usage or setup error.
 """
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from dltorch.errors import DltorchError
+from dltorch.layout import ModelFiles
 
 EXIT_PARTIAL, EXIT_USER_ERROR = 1, 2
 
@@ -49,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5001)
     serve.add_argument("--max-body-mb", type=float, default=10.0, help="larger request bodies get a 413")
     serve.set_defaults(run=_serve)
+
+    results = commands.add_parser("results", help="one row per model: headline metric and goal, ONNX parity, INT8, "
+                                                  "training time (from the files the pipeline left)")
+    results.add_argument("--params", type=Path, default=Path("params.yaml"))
+    results.add_argument("--root", type=Path, default=Path("."), help="the project folder holding models/")
+    results.set_defaults(run=_results)
     return parser
 
 
@@ -64,7 +72,7 @@ def _predict(args: argparse.Namespace) -> int:
                            "classification model (serve others with `dltorch serve`)")
     if args.top_k < 1:
         raise DltorchError(f"--top-k: must be at least 1, got {args.top_k}")
-    onnx_path = args.onnx or Path("models") / args.model / "model.onnx"
+    onnx_path = args.onnx or ModelFiles.of(args.model).onnx
     predictor = Predictor(onnx_path, CLASSES[params.fetch.dataset], args.invert)
     results, failed = [], 0
     for path in args.images:
@@ -82,6 +90,14 @@ def _predict(args: argparse.Namespace) -> int:
                 ranked = ", ".join(f"{row['class']} {row['probability']:.3f}" for row in result["top"])
                 print(f"{result['file']}: {ranked}")
     return EXIT_PARTIAL if failed else 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from dltorch.config import load_params
+    from dltorch.results import collect, format_table
+
+    print(format_table(collect(load_params(args.params), args.root)))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dltorch.config import Params
+from dltorch.config import GateConfig, Params
 from dltorch.io import read_json
 from dltorch.layout import ModelFiles
 
@@ -32,15 +32,18 @@ class Row:
 COLUMNS = ("model", "task", "metric", "value", "goal", "parity", "int8", "training")
 
 
-def collect(params: Params, models_dir: Path) -> list[Row]:
-    return [_row(params, name, ModelFiles(models_dir / name)) for name in params.models]
+def collect(params: Params, root: Path) -> list[Row]:
+    """A row for every model of params.yaml, from the files under root/models/ (a dash where a stage has not run)."""
+    return [_row(params, name, ModelFiles.of(name, root)) for name in params.models]
 
 
 def _row(params: Params, name: str, files: ModelFiles) -> Row:
-    cfg, rule = params.model(name), params.registry_rule(name)
+    """The headline metric is the model's gate's when it has one (what it promises), else the registry's."""
+    cfg = params.model(name)
+    metric = cfg.gate.metric if cfg.gate is not None else params.registry_rule(name).metric
     metrics = _read(files.metrics)
-    value = metrics.get(rule.metric) if metrics else None
-    return Row(model=name, task=cfg.task, metric=rule.metric, value=MISSING if value is None else f"{value:.4f}",
+    value = metrics.get(metric) if metrics else None
+    return Row(model=name, task=cfg.task, metric=metric, value=MISSING if value is None else f"{value:.4f}",
                goal=_goal(cfg.gate), parity=_parity(_read(files.parity)), int8=_int8(_read(files.deploy)),
                training=_training(_read(files.history)))
 
@@ -49,10 +52,10 @@ def _read(path: Path) -> dict | list | None:
     return read_json(path) if path.is_file() else None
 
 
-def _goal(gate) -> str:
+def _goal(gate: GateConfig | None) -> str:
     if gate is None:
         return MISSING
-    return f">= {gate.min:g}" if gate.min is not None else f"<= {gate.max:g}"
+    return f"{'>=' if gate.bound == 'min' else '<='} {gate.required:g}"
 
 
 def _parity(report: dict | None) -> str:
@@ -66,8 +69,8 @@ def _int8(deploy: dict | None) -> str:
     if deploy is None:
         return MISSING
     int8 = deploy["int8"]
-    registered = deploy["registry"]["int8"]["decision"] != "not registered"
-    return f"{'kept' if registered else 'dropped'} {int8['drop']:+.4f}"
+    verdict = "kept" if int8["passed"] else ("slower" if int8["accurate"] else "inaccurate")
+    return f"{verdict} {-int8['drop']:+.4f}"  # the change in the ranked metric: + better, - worse
 
 
 def _training(history: list | None) -> str:
@@ -79,8 +82,7 @@ def _training(history: list | None) -> str:
 
 def format_table(rows: list[Row]) -> str:
     """Plain aligned columns (a terminal, `less`, a commit message), not Markdown."""
-    cells = [COLUMNS, *((getattr(row, column) for column in COLUMNS) for row in rows)]
-    cells = [tuple(line) for line in cells]
+    cells = [COLUMNS, *(tuple(getattr(row, column) for column in COLUMNS) for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
                      for line in cells)

@@ -1,7 +1,7 @@
 """evaluate@<model>: held-out test metrics, figures and dvc plots data, logged to the model's run, and the
 model's optional quality gate.
 
-A model that fails its gate still gets every output, whole (metrics.json records the verdict under `gate`), so
+A model that fails its gate still gets every output, whole (details.json records the verdict under `gate`), so
 a person can see what it measured; the stage then exits non-zero, so DVC records nothing in dvc.lock, reruns it
 next time and `dvc repro` stops before export."""
 
@@ -15,7 +15,7 @@ from dltorch.bundle import load_model
 from dltorch.config import GateConfig, TrainConfig
 from dltorch.errors import QualityGateError
 from dltorch.io import read_json, write_json
-from dltorch.layout import HISTORY_FILE, MODEL_FILE, RUN_FILE
+from dltorch.layout import DETAILS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
 from dltorch.tasks import Evaluation, Task, get_task
 from dltorch.tracking import Tracker
 
@@ -30,22 +30,33 @@ def evaluate(raw_root: Path, model_dir: Path, out_dir: Path, gate: GateConfig | 
     test = task.load_test(raw_root, bundle.dataset, settings=TrainConfig.model_validate(train_cfg))
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
-    metrics, figures = task.report(Evaluation(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,
-                                              read_json(model_dir / HISTORY_FILE), out_dir))
-    _require_declared(metrics, task)
+    history = read_json(model_dir / HISTORY_FILE)
+    report, figures = task.report(Evaluation(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,
+                                             history, out_dir))
+    metrics, details = split_report(report, task, history)
     if gate is not None:
-        metrics["gate"] = judge(metrics, gate)
-    write_json(out_dir / "metrics.json", metrics)
+        details["gate"] = judge(metrics, gate)
+    write_json(out_dir / METRICS_FILE, metrics)
+    write_json(out_dir / DETAILS_FILE, details)
     run = read_json(model_dir / RUN_FILE)
     tracker = tracker or Tracker.for_project(run["experiment"])
     with tracker.model_run(bundle.name, f"evaluate@{bundle.name}", run_id=run["run_id"]) as tracked:
-        tracked.log_metrics(metrics)
-        tracked.log_artifacts([*figures, out_dir / "metrics.json"], "evaluate")
+        tracked.log_metrics({**metrics, **details})
+        tracked.log_artifacts([*figures, out_dir / METRICS_FILE, out_dir / DETAILS_FILE], "evaluate")
         if gate is not None:
-            tracked.set_tags({"gate": metrics["gate"]["reason"]})
-            if not metrics["gate"]["passed"]:  # inside the run, so MLflow marks it FAILED
-                raise QualityGateError(f"{bundle.name}: {metrics['gate']['reason']}")
+            tracked.set_tags({"gate": details["gate"]["reason"]})
+            if not details["gate"]["passed"]:  # inside the run, so MLflow marks it FAILED
+                raise QualityGateError(f"{bundle.name}: {details['gate']['reason']}")
     return metrics
+
+
+def split_report(report: dict[str, Any], task: Task, history: list[dict]) -> tuple[dict, dict]:
+    """metrics.json holds what a person compares across models and experiments (`dvc metrics show`, `dvc exp
+    show`): the task's declared metrics and the training time. Everything else of the report is audit detail."""
+    _require_declared(report, task)
+    metrics = {key: report[key] for key in task.metrics}
+    metrics["train_seconds"] = round(sum(row.get("seconds", 0.0) for row in history), 1)
+    return metrics, {key: value for key, value in report.items() if key not in metrics}
 
 
 def judge(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from dltorch.export import (
     run_onnx,
 )
 from dltorch.io import atomic_path, read_json, write_json
-from dltorch.layout import MODEL_FILE, RUN_FILE
+from dltorch.layout import DEPLOY_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, PARITY_FILE, RUN_FILE
 from dltorch.tasks import get_task
 from dltorch.tracking import Run, Tracker
 
@@ -54,8 +54,7 @@ class ExportPaths:
     @classmethod
     def beside(cls, data: Path, model_dir: Path, metrics: Path, out: Path) -> ExportPaths:
         """Every output in folder `out` under the names dvc.yaml gives them."""
-        return cls(data, model_dir, metrics, out / "model.onnx", out / "parity.json", out / "model.int8.onnx",
-                   out / "deploy.json")
+        return cls(data, model_dir, metrics, out / ONNX_FILE, out / PARITY_FILE, out / INT8_FILE, out / DEPLOY_FILE)
 
 
 @dataclass(frozen=True)
