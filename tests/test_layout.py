@@ -26,7 +26,8 @@ def test_the_train_stage_writes_the_files_layout_names():
     stage = _stage("train")
     assert f"--out {FOLDER.folder}" in stage["cmd"]
     outs = _paths(stage["outs"])
-    assert {str(FOLDER.model), f"{FOLDER.folder}/{layout.CHECKPOINT_FILE}", f"{FOLDER.folder}/{layout.RUN_FILE}"} == outs
+    folder = FOLDER.folder
+    assert {str(FOLDER.model), f"{folder}/{layout.CHECKPOINT_FILE}", f"{folder}/{layout.RUN_FILE}"} == outs
     assert _paths(stage["plots"]) == {str(FOLDER.history)}
 
 
