@@ -20,6 +20,7 @@ from dltorch import tracking
 from dltorch.bundle import load_model
 from dltorch.config import load_params
 from dltorch.export import median_ms, onnx_latency_ms, onnx_session
+from dltorch.layout import ModelFiles
 from dltorch.tasks import get_task
 
 BATCHES = (1, 64)
@@ -28,10 +29,10 @@ GOAL_RATIO = 0.5
 GOAL_ARCHS = {"mlp", "lenet5", "resnet"}
 
 
-def bench_model(name: str, model_dir: Path, inputs: np.ndarray, runs: int, warmup: int, threads: int) -> list[dict]:
-    _, model = load_model(model_dir / "model.pt")
-    sessions = {precision: onnx_session(model_dir / file, threads=threads)
-                for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
+def bench_model(name: str, files: ModelFiles, inputs: np.ndarray, runs: int, warmup: int, threads: int) -> list[dict]:
+    _, model = load_model(files.model)
+    sessions = {precision: onnx_session(path, threads=threads)
+                for precision, path in (("fp32", files.onnx), ("int8", files.int8))}
     rows = []
     for batch in BATCHES:
         tensor = torch.from_numpy(np.ascontiguousarray(inputs[:batch]))
@@ -75,14 +76,14 @@ def main() -> None:
     names = args.models or list(params.models)
     rows = []
     for name in names:
-        cfg, model_dir = params.model(name), args.models_dir / name
-        missing = [f for f in ("model.pt", "model.onnx", "model.int8.onnx") if not (model_dir / f).is_file()]
+        cfg, files = params.model(name), ModelFiles(args.models_dir / name)
+        missing = [path.name for path in (files.model, files.onnx, files.int8) if not path.is_file()]
         if missing:
-            print(f"skip {name}: no {', '.join(missing)} in {model_dir}; run `dvc repro export@{name}`")
+            print(f"skip {name}: no {', '.join(missing)} in {files.folder}; run `dvc repro export@{name}`")
             continue
         test = get_task(cfg.task).load_test(args.data / cfg.data, params.fetch.dataset, cfg.train)
         inputs = test.inputs[: max(BATCHES)].numpy()
-        rows += bench_model(name, model_dir, inputs, args.runs, args.warmup, args.threads)
+        rows += bench_model(name, files, inputs, args.runs, args.warmup, args.threads)
     if not rows:
         raise SystemExit("no exported model to time; run `dvc repro` first")
     header = (f"torch {torch.__version__}, onnxruntime {_ort_version()}, "

@@ -22,6 +22,7 @@ from dltorch import engine
 from dltorch.bundle import build_model
 from dltorch.config import ModelConfig, load_params
 from dltorch.data.fetch import DATASETS
+from dltorch.layout import ModelFiles
 from dltorch.tasks import get_task
 
 
@@ -125,7 +126,7 @@ def main() -> None:
               f"| {row['speedup']:.2f}x | {row['gflop_per_sample'] * 1e3:.2f} | {row['achieved_gflops']:.1f} "
               f"| {row['x_of_flop_bound']:.1f}x |", flush=True)
     if "resnet" in params.models:
-        print("\n" + time_to_accuracy(Path("models/resnet/history.json"), 0.93))
+        print("\n" + time_to_accuracy(ModelFiles.of("resnet").history, 0.93))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
