@@ -23,3 +23,7 @@ class ParityError(DltorchError):
 
 class CheckpointError(DltorchError):
     """A model or checkpoint file is missing or unreadable."""
+
+
+class TrackingError(DltorchError):
+    """The MLflow tracking server cannot be reached."""

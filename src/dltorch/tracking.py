@@ -13,6 +13,10 @@ from typing import Any
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 CANDIDATE, CHAMPION = "candidate", "champion"
+# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it trains models (the UI reads it
+# from the experiment's tags; `custom_model_development` lands on the runs table).
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+SERVER_CHECK_TIMEOUT_S = 5
 
 
 def project_root() -> Path:
@@ -40,12 +44,35 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def require_server(uri: str) -> None:
+    """A remote store that does not answer fails the stage now, with its address, before any work: MLflow's client
+    would retry each call for minutes and then lose the run's records anyway."""
+    import urllib.request
+
+    from dltorch.errors import TrackingError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except OSError as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise TrackingError(f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer ({reason}); "
+                        "start it (make stack) or unset MLFLOW_TRACKING_URI to track to the local SQLite store")
+
+
 def experiment_id(name: str) -> str:
     import mlflow
 
+    require_server(tracking_uri())
     mlflow.set_tracking_uri(tracking_uri())
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag existed
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return found.experiment_id
     uri = tracking_uri()
     artifact_location = None
@@ -54,7 +81,8 @@ def experiment_id(name: str) -> str:
         # started from a temp dir (dvc exp run --temp) would lose their artifacts.
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=artifact_location)
+        return mlflow.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except Exception:  # another process created it first
         return mlflow.get_experiment_by_name(name).experiment_id
 
@@ -199,6 +227,39 @@ def _signature(proto: Any, example: Any, output: Any) -> Any:
         return Schema(specs)
 
     return ModelSignature(shapes(proto.graph.input, inferred.inputs), shapes(proto.graph.output, inferred.outputs))
+
+
+def dvc_digest(folder: Path) -> str:
+    """The folder's hash as DVC writes it in dvc.lock (`<md5>.dir`), computed by DVC's own library."""
+    import tempfile
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as scratch:
+        _, _, tree = build(HashFileDB(fs, scratch), str(folder), fs, "md5", dry_run=True)
+    return tree.hash_info.value
+
+
+def log_dataset(folder: Path, name: str, context: str = "training") -> str:
+    """The run's data as an MLflow dataset input (the UI's Dataset column) whose digest is its DVC hash."""
+    import mlflow
+    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = dvc_digest(folder)
+    source = LocalArtifactDatasetSource(Path(folder).resolve().as_uri())
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
+    return digest
+
+
+def describe_registered_model(name: str, description: str) -> None:
+    """The registered model's description, shown on the UI's Models page."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri()).update_registered_model(name, description=description)
 
 
 def beats(candidate: float, champion: float, direction: str) -> bool:

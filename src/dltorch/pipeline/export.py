@@ -79,6 +79,9 @@ def export(raw_root: Path, model_dir: Path, onnx_path: Path, report_path: Path, 
         else:
             registry["int8"] = {"registered_model": bundle.name + INT8_SUFFIX, "decision": "not registered",
                                 "reason": int8["reason"]}
+        for record in registry.values():
+            if "version" in record:
+                tracking.describe_registered_model(record["registered_model"], _description(bundle, record))
         deploy = {"model": bundle.name, "int8": int8, "registry": registry}
         write_json(deploy_path, deploy)
         tracking.log_artifacts([deploy_path], "export")
@@ -125,6 +128,16 @@ def _calibration_set(task: Any, raw_root: Path, bundle: Any, settings: TrainConf
         return next(train.batches(size, generator)).inputs.numpy()
     order = torch.randperm(len(train), generator=generator)
     return train.inputs[order[:size]].numpy()
+
+
+def _description(bundle: Any, record: dict[str, Any]) -> str:
+    """What the registered model is, on what data, and its champion's headline metric."""
+    promoted = record["decision"] == "promoted"
+    version = record["version"] if promoted else record["champion_version"]
+    value = record["candidate"] if promoted else record["champion"]
+    score = f"{value:.4f}" if value is not None else "not recorded"
+    return (f"{bundle.name}: {bundle.task} model ({bundle.arch}) trained on {bundle.dataset}. "
+            f"Champion: version {version}, test {record['metric']} {score} ({record['direction']} is better).")
 
 
 def _deploy_metrics(int8: dict, registry: dict) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -20,6 +21,7 @@ MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"
 RUN_FILE = "run.json"
+TRAIN_TIME_METRIC = "train_time_s"  # wall-clock seconds of this stage's fit (after a resume: the resumed part)
 
 
 TRAINING_KEYS = ("arch", "task", "data", "args", "train")  # not `export`: exporting differently needs no retraining
@@ -56,6 +58,8 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
     with tracked as run:
         if main and resume is None:
             tracking.log_params({"dataset": dataset, **config})
+            tracking.log_dataset(raw_root, dataset)
+        started = time.perf_counter()  # the run stays open until export: its Duration is not the training time
         if cfg.train.trainer == "engine":
             with tracking.epoch_logger() if main else nullcontext(None) as log_epoch:
                 history = engine.fit(
@@ -69,6 +73,7 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path) -> list[dict
             save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
                                     "fingerprint": fingerprint, "extra": {"run_id": run.info.run_id}})
         if main:
+            tracking.log_metrics({TRAIN_TIME_METRIC: time.perf_counter() - started})
             bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
             save_model(out_dir / MODEL_FILE, bundle, model.cpu())
             write_json(out_dir / HISTORY_FILE, history)
