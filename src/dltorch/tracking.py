@@ -245,12 +245,16 @@ def dvc_digest(folder: Path) -> str:
 
 def log_dataset(folder: Path, name: str, context: str = "training") -> str:
     """The run's data as an MLflow dataset input (the UI's Dataset column) whose digest is its DVC hash."""
+    import warnings
+
     import mlflow
-    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     digest = dvc_digest(folder)
-    source = LocalArtifactDatasetSource(Path(folder).resolve().as_uri())
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two registrations of one local class
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(Path(folder).resolve().as_uri())
     mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
     return digest
 
