@@ -103,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from dltorch import stack
+    from dltorch import stack, tracking
 
     spec = stack.StackSpec(args.data_dir.resolve(), postgres_port=args.postgres_port, s3_port=args.s3_port,
                            mlflow_port=args.mlflow_port)
@@ -113,6 +113,7 @@ def _stack(args: argparse.Namespace) -> int:
         return 0
     env = stack.up(spec) if args.action == "up" else stack.client_env(spec)
     print(stack.export_lines(env))
+    print(f"# MLflow UI, training runs: {tracking.ui_link(spec.tracking_uri)}")
     print(f"# DVC remote: dvc remote add -d team s3://{spec.dvc_bucket}/dvc && "
           f"dvc remote modify team endpointurl {spec.s3_endpoint}")
     return 0

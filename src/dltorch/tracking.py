@@ -13,9 +13,11 @@ from typing import Any
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 CANDIDATE, CHAMPION = "candidate", "champion"
-# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it trains models (the UI reads it
-# from the experiment's tags; `custom_model_development` lands on the runs table).
+# MLflow 3's UI opens an experiment on its GenAI overview. The experiment declares itself a model-training one
+# with this tag (the UI reads it where its workflow-type switch is off); MLflow 3.17's UI instead follows its
+# global "GenAI | Model training" switch, which a link sets with UI_TRAINING_VIEW (and the browser then keeps).
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 SERVER_CHECK_TIMEOUT_S = 5
 
 
@@ -33,6 +35,12 @@ def project_root() -> Path:
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI wins; else a SQLite store at the project root, by absolute path."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+
+
+def ui_link(server: str, experiment: str | None = None) -> str:
+    """The UI's page of an experiment's training runs (or of all experiments), not its GenAI overview."""
+    page = f"experiments/{experiment}" if experiment else "experiments"
+    return f"{server.rstrip('/')}/#/{page}?{UI_TRAINING_VIEW}"
 
 
 def _git_commit() -> str:
