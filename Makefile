@@ -15,7 +15,7 @@ STACK_MLFLOW_PORT ?= 5000
 STACK_ARGS = --data-dir $(STACK_DIR) --postgres-port $(STACK_PG_PORT) --s3-port $(STACK_S3_PORT) \
              --mlflow-port $(STACK_MLFLOW_PORT)
 
-.PHONY: setup data-package system-packages stack stack-stop repro test test-fast bench serve lint clean
+.PHONY: setup data-package system-packages stack stack-stop plots repro test test-fast bench serve lint clean
 .DEFAULT_GOAL := test
 
 setup: $(STAMP) data-package system-packages
@@ -52,6 +52,12 @@ stack: setup
 
 stack-stop:
 	@$(PY) -m dltorch.cli stack down $(STACK_ARGS)
+
+# `dvc plots show` as an HTML page that draws without internet (DVC's own page loads vega from a CDN).
+PLOTS_TEMPLATE := .dvc/tmp/plots-offline.html
+plots: setup
+	$(PY) -m dltorch.cli plots-template --out $(PLOTS_TEMPLATE)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc plots show --html-template $(PLOTS_TEMPLATE)
 
 repro: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro

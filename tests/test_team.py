@@ -225,6 +225,18 @@ def test_the_mlflow_ui_shows_the_runs_and_the_champions_in_a_browser(team_repo: 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make setup installs it)")
+def test_the_dvc_plots_page_draws_its_plots_offline_in_a_browser(team_repo: Path, tmp_path: Path):
+    from dltorch.plots_page import write_offline_template
+
+    template = write_offline_template(tmp_path / "offline.html")
+    _dvc(team_repo, "plots", "show", "--html-template", str(template), "-o", str(tmp_path / "plots"))
+    page = _chromium((tmp_path / "plots" / "index.html").as_uri(), ARTIFACTS / "dvc-plots.png")
+    drawn = re.findall(r'<(?:canvas|svg)[^>]*class="marks"', page)
+    assert len(drawn) == 2, page[-2000:]  # train@mlp's history and evaluate@mlp's predictions, drawn by vega
+
+
+@pytest.mark.slow
 def test_training_fails_before_any_work_when_the_tracking_server_is_down(tmp_path: Path, raw_root: Path):
     from tests.conftest import REPO, tiny_params_dict
 

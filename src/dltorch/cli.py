@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--s3-port", type=int, default=5002)
     stack.add_argument("--mlflow-port", type=int, default=5000)
     stack.set_defaults(run=_stack)
+
+    page = commands.add_parser("plots-template", help="write an HTML template for `dvc plots show --html-template` "
+                                                      "that draws the plots offline (vega inlined)")
+    page.add_argument("--out", type=Path, required=True)
+    page.set_defaults(run=_plots_template)
     return parser
 
 
@@ -116,6 +121,13 @@ def _stack(args: argparse.Namespace) -> int:
     print(f"# MLflow UI, training runs: {tracking.ui_link(spec.tracking_uri)}")
     print(f"# DVC remote: dvc remote add -d team s3://{spec.dvc_bucket}/dvc && "
           f"dvc remote modify team endpointurl {spec.s3_endpoint}")
+    return 0
+
+
+def _plots_template(args: argparse.Namespace) -> int:
+    from dltorch.plots_page import write_offline_template
+
+    print(write_offline_template(args.out))
     return 0
 
 
