@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,45 @@ def test_the_pipeline_tracks_registers_and_stores_on_the_team_stack(team_repo: P
     with psycopg.connect(team_stack.database_uri) as database:
         row = database.execute("SELECT name, status FROM runs WHERE run_uuid = %s", (run_id,)).fetchone()
     assert row == ("mlp", "FINISHED")
+
+
+@pytest.mark.slow
+def test_make_serve_serves_the_champion_from_the_team_stack(team_repo: Path, team_stack, tmp_path: Path):
+    """`make serve` runs `dltorch serve`: the champion's ONNX model, fetched through the tracking server."""
+    import numpy as np
+    import onnxruntime
+
+    port = _free_port()
+    env = {**_env(team_stack), "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    with (tmp_path / "serve.log").open("w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "dltorch.cli", "serve", "--model", "mlp", "--port",
+                                   str(port)], cwd=team_repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        assert _wait_http(f"http://127.0.0.1:{port}/ping", server), (tmp_path / "serve.log").read_text()[-3000:]
+        session = onnxruntime.InferenceSession(str(team_repo / "models" / "mlp" / "model.onnx"))
+        (spec,) = session.get_inputs()
+        inputs = np.random.default_rng(0).random([4, *spec.shape[1:]], dtype=np.float32)
+        expected = session.run(None, {spec.name: inputs})[0]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": inputs.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+        served = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def _wait_http(url: str, process: subprocess.Popen, seconds: float = 120) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        if stack._answers_http(url):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _digests(repo: Path) -> dict[str, str]:
