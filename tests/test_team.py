@@ -177,7 +177,8 @@ def test_make_serve_serves_the_champion_from_the_team_stack(team_repo: Path, tea
         served = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
         np.testing.assert_allclose(served, expected, atol=1e-5)
     finally:
-        os.killpg(server.pid, 15)
+        if server.poll() is None:  # a server that failed to start has exited already
+            os.killpg(server.pid, 15)
         server.wait(timeout=30)
 
 
