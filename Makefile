@@ -7,11 +7,18 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # model server to the network; put it behind a proxy with authentication first.
 HOST   ?= 127.0.0.1
 PORT   ?= 5001
+# `make stack`: a team's services on loopback (PostgreSQL, an S3 server, the MLflow tracking server).
+STACK_DIR         ?= /var/tmp/dltorch-stack
+STACK_PG_PORT     ?= 5433
+STACK_S3_PORT     ?= 5002
+STACK_MLFLOW_PORT ?= 5000
+STACK_ARGS = --data-dir $(STACK_DIR) --postgres-port $(STACK_PG_PORT) --s3-port $(STACK_S3_PORT) \
+             --mlflow-port $(STACK_MLFLOW_PORT)
 
-.PHONY: setup data-package repro test test-fast bench serve lint clean
+.PHONY: setup data-package system-packages stack stack-stop plots repro test test-fast bench serve lint clean
 .DEFAULT_GOAL := test
 
-setup: $(STAMP) data-package
+setup: $(STAMP) data-package system-packages
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +35,29 @@ data-package:
 		echo "note: Fashion-MNIST is not in $(FMNIST). Install it with 'sudo apt-get install dataset-fashion-mnist'," ; \
 		echo "      or let the fetch stage download it (needs internet), or set fetch.source_dir in params.yaml."; \
 	fi
+
+# The team stack's database and the browser the UI tests drive: Debian's packages, as root (CI is root).
+SYSTEM_PACKAGES := postgresql chromium
+system-packages:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	else \
+		echo "note: install $(SYSTEM_PACKAGES) (sudo apt-get install $(SYSTEM_PACKAGES)) for make stack and its tests"; \
+	fi
+
+# Start (or leave running) the stack and print the variables to export; stack-stop stops it. Both idempotent.
+stack: setup
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m dltorch.cli stack up $(STACK_ARGS)
+
+stack-stop:
+	@$(PY) -m dltorch.cli stack down $(STACK_ARGS)
+
+# `dvc plots show` as an HTML page that draws without internet (DVC's own page loads vega from a CDN).
+PLOTS_TEMPLATE := .dvc/tmp/plots-offline.html
+plots: setup
+	$(PY) -m dltorch.cli plots-template --out $(PLOTS_TEMPLATE)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc plots show --html-template $(PLOTS_TEMPLATE)
 
 repro: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro

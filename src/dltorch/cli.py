@@ -1,5 +1,6 @@
 """The `dltorch` command: `predict` runs an exported ONNX model on image files; `serve` serves a registered model;
-`results` prints every model's results at a glance.
+`results` prints every model's results at a glance;
+`stack` starts or stops a team's tracking server, database and object store on this machine.
 
 Exit codes: 0 all good, 1 some image could not be read (the others are still predicted), 2 a usage or setup error.
 """
@@ -57,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--params", type=Path, default=Path("params.yaml"))
     results.add_argument("--root", type=Path, default=Path("."), help="the project folder holding models/")
     results.set_defaults(run=_results)
+
+    stack = commands.add_parser("stack", help="start or stop a team's services on loopback: PostgreSQL, an S3 "
+                                              "server and an MLflow tracking server (`up` prints what to export)")
+    stack.add_argument("action", choices=["up", "down", "env"])
+    stack.add_argument("--data-dir", type=Path, default=Path("/var/tmp/dltorch-stack"),
+                       help="the database, logs and pid files (PostgreSQL's user must be able to reach it)")
+    stack.add_argument("--postgres-port", type=int, default=5433)
+    stack.add_argument("--s3-port", type=int, default=5002)
+    stack.add_argument("--mlflow-port", type=int, default=5000)
+    stack.set_defaults(run=_stack)
+
+    page = commands.add_parser("plots-template", help="write an HTML template for `dvc plots show --html-template` "
+                                                      "that draws the plots offline (vega inlined)")
+    page.add_argument("--out", type=Path, required=True)
+    page.set_defaults(run=_plots_template)
     return parser
 
 
@@ -107,6 +123,30 @@ def _serve(args: argparse.Namespace) -> int:
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     serve.serve(f"models:/{args.model}@{args.alias}", args.host, args.port, int(args.max_body_mb * 2**20))
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from dltorch import stack, tracking
+
+    spec = stack.StackSpec(args.data_dir.resolve(), postgres_port=args.postgres_port, s3_port=args.s3_port,
+                           mlflow_port=args.mlflow_port)
+    if args.action == "down":
+        stopped = stack.down(spec)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
+        return 0
+    env = stack.up(spec) if args.action == "up" else stack.client_env(spec)
+    print(stack.export_lines(env))
+    print(f"# MLflow UI, training runs: {tracking.ui_link(spec.tracking_uri)}")
+    print(f"# DVC remote: dvc remote add -d team s3://{spec.dvc_bucket}/dvc && "
+          f"dvc remote modify team endpointurl {spec.s3_endpoint}")
+    return 0
+
+
+def _plots_template(args: argparse.Namespace) -> int:
+    from dltorch.plots_page import write_offline_template
+
+    print(write_offline_template(args.out))
     return 0
 
 

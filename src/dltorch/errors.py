@@ -31,3 +31,7 @@ class DeviceError(DltorchError):
 
 class QualityGateError(DltorchError):
     """A model's test metric falls short of the quality gate set for it in params.yaml."""
+
+
+class TrackingError(DltorchError):
+    """The MLflow tracking server cannot be reached."""

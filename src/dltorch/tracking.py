@@ -27,6 +27,13 @@ STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 CANDIDATE, CHAMPION = "candidate", "champion"
 PARENT_TAG = "mlflow.parentRunId"  # what MLflow's UI reads to nest a child run under its parent
+# MLflow 3's UI opens an experiment on its GenAI overview. The experiment declares itself a model-training one
+# with this tag (the UI reads it where its workflow-type switch is off); MLflow 3.17's UI instead follows its
+# global "GenAI | Model training" switch, which a link sets with UI_TRAINING_VIEW (and the browser then keeps).
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+SERVER_CHECK_TIMEOUT_S = 5
+TRAIN_TIME_METRIC = "train_time_s"  # wall-clock seconds of a train stage's fit: the run's Duration spans export too
 
 
 def project_root() -> Path:
@@ -43,6 +50,46 @@ def project_root() -> Path:
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI wins; else a SQLite store at the project root, by absolute path."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+
+
+def ui_link(server: str, experiment: str | None = None) -> str:
+    """The UI's page of an experiment's training runs (or of all experiments), not its GenAI overview."""
+    page = f"experiments/{experiment}" if experiment else "experiments"
+    return f"{server.rstrip('/')}/#/{page}?{UI_TRAINING_VIEW}"
+
+
+def require_server(uri: str) -> None:
+    """A remote store that does not answer fails the stage now, with its address, before any work: MLflow's client
+    would retry each call for minutes and then lose the run's records anyway."""
+    import urllib.request
+
+    from dltorch.errors import TrackingError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except OSError as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise TrackingError(f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) does not answer ({reason}); "
+                        "start it (make stack) or unset MLFLOW_TRACKING_URI to track to the local SQLite store")
+
+
+def dvc_digest(folder: Path) -> str:
+    """The folder's hash as DVC writes it in dvc.lock (`<md5>.dir`), computed by DVC's own library."""
+    import tempfile
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as scratch:
+        _, _, tree = build(HashFileDB(fs, scratch), str(folder), fs, "md5", dry_run=True)
+    return tree.hash_info.value
 
 
 def _git_commit() -> str:
@@ -75,6 +122,8 @@ class Tracker:
         client = self.client()
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag existed
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return found.experiment_id
         artifact_location = None
         if self.uri.startswith("sqlite:///"):
@@ -82,7 +131,8 @@ class Tracker:
             # started from a temp dir (dvc exp run --temp) would lose their artifacts.
             artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
         try:
-            return client.create_experiment(self.experiment, artifact_location=artifact_location)
+            return client.create_experiment(self.experiment, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except Exception:  # another process created it first
             return client.get_experiment_by_name(self.experiment).experiment_id
 
@@ -106,6 +156,7 @@ class Tracker:
              experiment_id: str | None = None) -> Iterator[Run]:
         from mlflow.tracking.context.registry import resolve_tags  # the source, user and git tags MLflow adds
 
+        require_server(self.uri)
         client = self.client()
         if run_id is None:
             info = client.create_run(experiment_id or self.experiment_id(), run_name=name,
@@ -158,6 +209,10 @@ class Tracker:
         if record["decision"] == "promoted":
             client.set_registered_model_alias(name, CHAMPION, version)
         return record
+
+    def describe_registered_model(self, name: str, description: str) -> None:
+        """The registered model's description, shown on the UI's Models page."""
+        self.client().update_registered_model(name, description=description)
 
 
 @dataclass(frozen=True)
@@ -230,6 +285,23 @@ class Run:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.tracker.client().log_batch(self.id, tags=_tags(tags))
+
+    def log_dataset(self, folder: Path, name: str, context: str = "training") -> str:
+        """The run's data as an MLflow dataset input (the UI's Dataset column) whose digest is its DVC hash."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        digest = dvc_digest(folder)
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": two registrations of one local class
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(Path(folder).resolve().as_uri())
+        dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
+        self.tracker.client().log_inputs(self.id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        return digest
 
     def log_onnx_model(self, onnx_path: Path, example: Any, output: Any, name: str = "model") -> str:
         """The ONNX model with a signature (dynamic batch) and an input example, servable by `mlflow models serve`.

@@ -176,7 +176,20 @@ def register(subject: Subject, paths: ExportPaths, rule: RegistryRule, fp32_uri:
     else:
         registry["int8"] = {"registered_model": name + INT8_SUFFIX, "decision": "not registered",
                             "reason": int8["reason"]}
+    for record in registry.values():
+        if "version" in record:
+            run.tracker.describe_registered_model(record["registered_model"], _description(subject.bundle, record))
     return registry
+
+
+def _description(bundle: ModelBundle, record: dict[str, Any]) -> str:
+    """What the registered model is, on what data, and its champion's headline metric."""
+    promoted = record["decision"] == "promoted"
+    version = record["version"] if promoted else record["champion_version"]
+    value = record["candidate"] if promoted else record["champion"]
+    score = f"{value:.4f}" if value is not None else "not recorded"
+    return (f"{bundle.name}: {bundle.task} model ({bundle.arch}) trained on {bundle.dataset}. "
+            f"Champion: version {version}, test {record['metric']} {score} ({record['direction']} is better).")
 
 
 def write_deploy(subject: Subject, paths: ExportPaths, int8: dict[str, Any], registry: dict[str, dict],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from dltorch.io import save_torch, write_json
 from dltorch.layout import CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.models.registry import validate_args
 from dltorch.tasks import get_task
-from dltorch.tracking import Tracker
+from dltorch.tracking import TRAIN_TIME_METRIC, Tracker
 
 TRAINING_KEYS = ("arch", "task", "data", "train")  # not `export`: exporting differently needs no retraining
 
@@ -66,6 +67,8 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool
     with tracker.model_run(name, f"train@{name}", run_id=run_id) if writes else nullcontext() as run:
         if run and resume is None:
             run.log_params({"dataset": dataset, **config})
+            run.log_dataset(raw_root, dataset)
+        started = time.perf_counter()  # the run stays open until export: its Duration is not the training time
         if cfg.train.trainer == "engine":
             with run.epoch_logger() if run else nullcontext() as log_epoch:
                 objective = engine.Objective(task.make_loss(cfg.train.loss, cfg.train.label_smoothing),
@@ -80,6 +83,7 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool
                 save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,
                                         "fingerprint": fingerprint, "extra": {"run_id": run.id}})
         if run:
+            run.log_metrics({TRAIN_TIME_METRIC: time.perf_counter() - started})
             bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
             save_model(out_dir / MODEL_FILE, bundle, model.cpu())
             write_json(out_dir / HISTORY_FILE, history)
