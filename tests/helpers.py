@@ -58,14 +58,50 @@ def copy_repo(dest: Path) -> None:
         subprocess.run(command, cwd=dest, check=True)
 
 
-def dvc(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`dvc <args>` in `repo` with this virtualenv's tools first on PATH and no MLflow/DVC settings inherited."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    result = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+def dvc(repo: Path, *args: str, timeout: int = 600, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """`dvc <args>` in `repo` with this virtualenv's tools first on PATH, no MLflow/DVC/AWS settings inherited, and
+    `env` on top (e.g. a team stack's); by default it must succeed."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "AWS_"))}
+    base["PATH"] = f"{BIN}{os.pathsep}{base['PATH']}"
+    result = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env={**base, **(env or {})}, capture_output=True,
+                            text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (make setup)
+MLP_STAGES = ("fetch", "train@mlp", "evaluate@mlp", "export@mlp")
+
+
+def tiny_mlp_repo(dest: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """A copy of the repo whose params hold one model, a 32-unit MLP for one epoch on the real Fashion-MNIST (read
+    from Debian's copy), plus `overrides` (top-level params sections); dvc reproduces MLP_STAGES in seconds."""
+    import yaml
+
+    assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), "run `make setup` for the real Fashion-MNIST"
+    copy_repo(dest)
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    mlp = raw["models"]["mlp"]
+    mlp["args"] = {"hidden": [32]}
+    mlp["train"].update(epochs=1, batch_size=500, val_size=1000)
+    raw["models"] = {"mlp": mlp}
+    raw["fetch"].update(source_dir=str(FASHION_MNIST), download=False)
+    (dest / "params.yaml").write_text(yaml.safe_dump({**raw, **(overrides or {})}, sort_keys=False))
+    return dest
+
+
+def export_trained(params: Any, name: str, data: Path, model_dir: Path, out: Path, **spec: Any) -> tuple[dict, dict]:
+    """The export stage on a model trained and evaluated in model_dir, with its params' export settings overridden
+    by `spec` and its outputs in `out`: (deploy report, parity report)."""
+    import json
+
+    from dltorch.pipeline.export import ExportPaths, export
+
+    paths = ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", out)
+    deploy = export(paths, params.model(name).export.model_copy(update=spec), params.registry_rule(name))
+    return deploy, json.loads(paths.parity.read_text())
 
 
 class Interrupted(Exception):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from dltorch.errors import ParamsError
 from dltorch.models import create, names, register_model
 from dltorch.models.registry import get
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from tests.conftest import REPO
+from tests.helpers import export_trained
 
 REPO_PARAMS = load_params(REPO / "params.yaml")
 
@@ -83,12 +82,10 @@ def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Pat
     history = train(params, name, data, model_dir)
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"])  # neither NaN nor infinite
     evaluate(data, model_dir, model_dir / "eval")
-    spec, rule = params.model(name).export, params.registry_rule(name)
-    deploy = export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path),
-                    spec.model_copy(update={"batch_size": 16, "calibration_size": 64}), rule)
-    report = json.loads((tmp_path / "parity.json").read_text())
+    deploy, report = export_trained(params, name, data, model_dir, tmp_path, batch_size=16, calibration_size=64)
     assert report["passed"], report["checks"]
     # INT8 as params says (static QDQ for the CNNs, dynamic otherwise), and a registered champion
-    assert deploy["int8"]["mode"] == spec.quantize and (tmp_path / "model.int8.onnx").stat().st_size > 0
+    assert deploy["int8"]["mode"] == params.model(name).export.quantize
+    assert (tmp_path / "model.int8.onnx").stat().st_size > 0
     fp32 = deploy["registry"]["fp32"]
     assert (fp32["registered_model"], fp32["version"], fp32["decision"]) == (name, 1, "promoted")

@@ -17,10 +17,8 @@ from dltorch.config import load_params
 from dltorch.data.synthetic import read_set
 from dltorch.studies import names as study_names
 from tests.conftest import TINY_SEQUENCES, TINY_SHAPES
-from tests.helpers import copy_repo, dvc
+from tests.helpers import FASHION_MNIST, copy_repo, dvc
 from tests.test_studies import shrunk_study
-
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _shrink_params(repo: Path) -> None:

@@ -14,9 +14,9 @@ from dltorch.config import load_params, parse_params
 from dltorch.data.synthetic import read_set
 from dltorch.errors import ParamsError
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from tests.conftest import REPO, tiny_params_dict
+from tests.helpers import export_trained
 
 REPO_PARAMS = load_params(REPO / "params.yaml")
 
@@ -52,9 +52,8 @@ def _train_evaluate_export(name: str, tmp_path: Path, synthetic_root: Path) -> t
     train(REPO_PARAMS, name, data, model_dir)
     metrics = evaluate(data, model_dir, model_dir / "eval")
     details = json.loads((model_dir / "eval" / "details.json").read_text())  # w, b and the closed form
-    spec, rule = REPO_PARAMS.model(name).export, REPO_PARAMS.registry_rule(name)
-    export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path), spec, rule)
-    return {**metrics, **details}, json.loads((tmp_path / "parity.json").read_text()), data
+    _, parity = export_trained(REPO_PARAMS, name, data, model_dir, tmp_path)
+    return {**metrics, **details}, parity, data
 
 
 def course_numpy_gd(x: np.ndarray, y: np.ndarray, lr: float, iterations: int) -> tuple[float, float]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from dltorch.config import ExportConfig
@@ -20,11 +19,8 @@ from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.studies import names as study_names
-from tests.helpers import BIN, copy_repo, dvc, free_port, wait_for
-from tests.test_pipeline_e2e import FASHION_MNIST
+from tests.helpers import BIN, MLP_STAGES, dvc, free_port, tiny_mlp_repo, wait_for
 from tests.test_studies import shrunk_study
-
-MLP_STAGES = ("fetch", "train@mlp", "evaluate@mlp", "export@mlp")
 
 
 @pytest.fixture
@@ -68,18 +64,9 @@ def test_a_tiny_pipeline_tracks_to_a_real_tracking_server(tmp_path, raw_root, ti
 @pytest.fixture(scope="module")
 def mlp_repo(tmp_path_factory) -> Path:
     """A fresh copy of the repo whose pipeline is just a tiny MLP on the real data, reproduced once."""
-    assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), "run `make setup` for the real Fashion-MNIST"
-    repo = tmp_path_factory.mktemp("scale") / "repo"
-    copy_repo(repo)
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    mlp = raw["models"]["mlp"]
-    mlp["args"] = {"hidden": [32]}
-    mlp["train"].update(epochs=1, batch_size=500, val_size=1000)
-    raw["models"] = {"mlp": mlp}
-    for study in study_names():  # `dvc exp run` reproduces everything: keep the studies tiny
-        raw[study] = shrunk_study(study)
-    raw["fetch"].update(source_dir=str(FASHION_MNIST), download=False)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # `dvc exp run` reproduces everything: keep the studies tiny
+    repo = tiny_mlp_repo(tmp_path_factory.mktemp("scale") / "repo",
+                         {study: shrunk_study(study) for study in study_names()})
     dvc(repo, "repro", *MLP_STAGES)
     return repo
 

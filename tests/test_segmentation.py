@@ -3,7 +3,6 @@ through train, evaluate and export with parity at a second image size."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -22,11 +21,10 @@ from dltorch.data.streamed import StreamedData
 from dltorch.errors import DataError, ParamsError
 from dltorch.export import onnx_session, run_onnx
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.tasks import segmentation as task
 from tests.conftest import TINY_SHAPES, tiny_params_dict
-from tests.helpers import assert_same_weights, interrupt_and_resume
+from tests.helpers import assert_same_weights, export_trained, interrupt_and_resume
 
 TINY = ShapesConfig(**TINY_SHAPES)
 
@@ -215,12 +213,11 @@ def test_unet_trains_an_epoch_exports_and_passes_parity_at_a_second_size(tmp_pat
     for figure in ("curves.png", "predictions.png", "confusion.png"):
         assert (model_dir / "eval" / figure).read_bytes()[:4] == b"\x89PNG"
 
-    spec, rule = params.model("unet").export, params.registry_rule("unet")
+    rule = params.registry_rule("unet")
     assert (rule.metric, rule.direction) == ("dice", "max")
     onnx_path = tmp_path / "model.onnx"
-    deploy = export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path),
-                    spec.model_copy(update={"batch_size": 4, "quantize": "static", "calibration_size": 8}), rule)
-    report = json.loads((tmp_path / "parity.json").read_text())
+    deploy, report = export_trained(params, "unet", data, model_dir, tmp_path, batch_size=4, quantize="static",
+                                    calibration_size=8)
     assert report["passed"] and report["shapes"] == {"example": [4, 3, 32, 32], "other": [7, 3, 64, 48]}
     assert report["checks"]["mask_iou"]["measured"] >= 0.999
     assert report["checks"]["mask_iou_shape_3x64x48"]["passed"]

@@ -20,10 +20,10 @@ from dltorch.data import sequences
 from dltorch.errors import DataError, ParamsError
 from dltorch.export import onnx_session, run_onnx
 from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.tasks import sequence
 from tests.conftest import TINY_SEQUENCES, tiny_params_dict
+from tests.helpers import export_trained
 
 TINY = SequencesConfig(**TINY_SEQUENCES)
 
@@ -140,12 +140,11 @@ def test_lstm_trains_reports_baselines_exports_and_passes_parity_at_a_second_len
     rows = (model_dir / "eval" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "window,step,actual,predicted" and len(rows) == 1 + truth.size
 
-    spec, rule = params.model("lstm").export, params.registry_rule("lstm")
+    rule = params.registry_rule("lstm")
     assert (rule.metric, rule.direction) == ("test_mse", "min")
     onnx_path = tmp_path / "model.onnx"
-    deploy = export(ExportPaths.beside(data, model_dir, model_dir / "eval" / "metrics.json", tmp_path),
-                    spec.model_copy(update={"batch_size": 16, "quantize": "dynamic", "calibration_size": 8}), rule)
-    report = json.loads((tmp_path / "parity.json").read_text())
+    deploy, report = export_trained(params, "lstm", data, model_dir, tmp_path, batch_size=16, quantize="dynamic",
+                                    calibration_size=8)
     assert report["passed"] and report["shapes"] == {"example": [4, 16, 1], "other": [7, 12, 1]}
     assert report["checks"]["max_abs_diff_shape_12x1"]["passed"] and report["checks"]["mse_equal_shape_12x1"]["passed"]
     assert deploy["registry"]["fp32"]["decision"] == "promoted"

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,10 @@ import yaml
 
 from dltorch import stack
 from tests.conftest import REPO, tiny_params_dict
-from tests.test_pipeline_e2e import FASHION_MNIST, _copy_repo
+from tests.helpers import BIN, MLP_STAGES, dvc, free_port, tiny_mlp_repo
 
-BIN = Path(sys.executable).parent
-MLP_STAGES = ("fetch", "train@mlp", "evaluate@mlp", "export@mlp")
 ARTIFACTS = Path(os.environ.get("DLTORCH_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "dltorch-test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,7 @@ def team_stack():
     """The stack on free ports, in a folder PostgreSQL's user can reach (pytest's tmp folders are private)."""
     data_dir = Path(tempfile.mkdtemp(prefix="dltorch-stack-"))
     data_dir.chmod(0o711)
-    spec = stack.StackSpec(data_dir, postgres_port=_free_port(), s3_port=_free_port(), mlflow_port=_free_port())
+    spec = stack.StackSpec(data_dir, postgres_port=free_port(), s3_port=free_port(), mlflow_port=free_port())
     try:
         stack.up(spec)
         yield spec
@@ -60,26 +51,13 @@ def _env(spec: stack.StackSpec | None) -> dict[str, str]:
 
 def _dvc(repo: Path, *args: str, spec: stack.StackSpec | None = None, check: bool = True,
          timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=_env(spec), capture_output=True, text=True,
-                            timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return dvc(repo, *args, timeout=timeout, env=stack.client_env(spec) if spec else None, check=check)
 
 
 @pytest.fixture(scope="module")
 def team_repo(tmp_path_factory, team_stack) -> Path:
     """A copy of the repo whose pipeline is one tiny MLP on the real data, reproduced against the stack."""
-    assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), "run `make setup` for the real Fashion-MNIST"
-    repo = tmp_path_factory.mktemp("team") / "repo"
-    _copy_repo(repo)
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    mlp = raw["models"]["mlp"]
-    mlp["args"] = {"hidden": [32]}
-    mlp["train"].update(epochs=1, batch_size=500, val_size=1000)
-    raw["models"] = {"mlp": mlp}
-    raw["fetch"].update(source_dir=str(FASHION_MNIST), download=False)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    repo = tiny_mlp_repo(tmp_path_factory.mktemp("team") / "repo")
     _dvc(repo, "repro", *MLP_STAGES, spec=team_stack)
     return repo
 
@@ -157,7 +135,7 @@ def test_make_serve_serves_the_champion_from_the_team_stack(team_repo: Path, tea
     import numpy as np
     import onnxruntime
 
-    port = _free_port()
+    port = free_port()
     env = {**_env(team_stack), "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     with (tmp_path / "serve.log").open("w") as log:
         server = subprocess.Popen([sys.executable, "-m", "dltorch.cli", "serve", "--model", "mlp", "--port",
@@ -222,7 +200,7 @@ def test_the_s3_dvc_remote_round_trip_is_byte_identical(team_repo: Path, team_st
 def test_dvc_push_to_an_unreachable_object_store_fails_clearly_and_keeps_everything(team_repo: Path, team_stack):
     before = _digests(team_repo)
     cache = sorted(p.name for p in (team_repo / ".dvc" / "cache").rglob("*") if p.is_file())
-    _add_s3_remote(team_repo, "down", team_stack.dvc_bucket, f"http://127.0.0.1:{_free_port()}")
+    _add_s3_remote(team_repo, "down", team_stack.dvc_bucket, f"http://127.0.0.1:{free_port()}")
     result = _dvc(team_repo, "push", "-r", "down", *MLP_STAGES, spec=team_stack, check=False, timeout=300)
     assert result.returncode != 0
     assert "failed to push" in (result.stdout + result.stderr).lower() or "connect" in result.stderr.lower(), \
@@ -284,7 +262,7 @@ def test_the_dvc_plots_page_draws_its_plots_offline_in_a_browser(team_repo: Path
 def test_training_fails_before_any_work_when_the_tracking_server_is_down(tmp_path: Path, raw_root: Path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict()))
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     out = tmp_path / "mlp"
     result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params), "--model",
                              "mlp", "--data", str(raw_root), "--out", str(out)],
@@ -318,7 +296,7 @@ def test_two_torchrun_nodes_match_one_process(tmp_path: Path, raw_root: Path):
     params.write_text(yaml.safe_dump(tiny_params_dict(epochs=2, batch_size=40, optimizer="sgd", lr=0.05,
                                                       momentum=0.9)))
     _finish([_train_stage(params, raw_root, tmp_path / "one" / "mlp", [sys.executable])])
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     nodes = [_train_stage(params, raw_root, tmp_path / "two" / "mlp", [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
         "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=team-test"]) for rank in (0, 1)]
