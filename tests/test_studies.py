@@ -228,8 +228,9 @@ def test_an_epoch_of_fresh_batches_averages_the_rows_it_saw(synthetic):
     torch.manual_seed(0)
     model = create(arch, args, in_shape=(1,), num_classes=1)
     steps: list[float] = []
-    history = engine.fit(model, torch.nn.MSELoss(), lambda outputs, targets: {}, train, None,
-                         cfg.model_copy(update={"epochs": 1}), None, "", on_step=lambda loss, lr: steps.append(loss))
+    objective = engine.Objective(torch.nn.MSELoss(), lambda outputs, targets: {})
+    history = engine.fit(model, objective, train, None, cfg.model_copy(update={"epochs": 1}), None,
+                         on_step=lambda loss, lr: steps.append(loss))
     assert len(steps) == 8 and history[0]["train_loss"] == pytest.approx(sum(steps) / len(steps), rel=1e-12)
 
 
