@@ -20,7 +20,7 @@ from tests.helpers import export_trained
 REPO_PARAMS = load_params(REPO / "params.yaml")
 
 
-# What each architecture reads and writes: (in_shape, num_classes, output shape for a batch of 3). The UNet gets
+# What each architecture reads and writes: (in_shape, num_outputs, output shape for a batch of 3). The UNet gets
 # 28x28, not a multiple of 16, so its up path has to resize to meet the skips.
 SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28))}
 IMAGE_CLASSIFIER = ((1, 28, 28), 10, (3, 10))
@@ -30,7 +30,7 @@ IMAGE_CLASSIFIER = ((1, 28, 28), 10, (3, 10))
 def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
     torch.manual_seed(0)
     in_shape, classes, out_shape = SHAPES.get(arch, IMAGE_CLASSIFIER)
-    model = create(arch, {}, in_shape=in_shape, num_classes=classes)
+    model = create(arch, {}, in_shape=in_shape, num_outputs=classes)
     out = model(torch.rand(3, *in_shape))
     assert out.shape == out_shape and torch.isfinite(out).all()
     out.sum().backward()
@@ -46,18 +46,18 @@ def test_registry_rejects_duplicates_and_lists_known_names():
 
 def test_invalid_architecture_arguments_are_params_errors():
     with pytest.raises(ParamsError, match="resnet: widths and blocks"):
-        create("resnet", {"widths": [8, 16], "blocks": [1]}, in_shape=(1, 28, 28), num_classes=10)
+        create("resnet", {"widths": [8, 16], "blocks": [1]}, in_shape=(1, 28, 28), num_outputs=10)
     with pytest.raises(ParamsError, match="vit: patch 5 must divide 28x28"):
-        create("vit", {"patch": 5}, in_shape=(1, 28, 28), num_classes=10)
+        create("vit", {"patch": 5}, in_shape=(1, 28, 28), num_outputs=10)
     with pytest.raises(ParamsError, match="lstm: cell must be one of lstm, gru, rnn, not 'transformer'"):
-        create("lstm", {"cell": "transformer"}, in_shape=(16, 1), num_classes=4)
+        create("lstm", {"cell": "transformer"}, in_shape=(16, 1), num_outputs=4)
     with pytest.raises(ParamsError, match="unet: features must list 1 to 4 positive widths"):
-        create("unet", {"features": [8, 16, 32, 64, 128]}, in_shape=(3, 32, 32), num_classes=1)
+        create("unet", {"features": [8, 16, 32, 64, 128]}, in_shape=(3, 32, 32), num_outputs=1)
 
 
 def test_softmax_regression_is_one_linear_layer():
     model = create(**{"name": "mlp", "args": REPO_PARAMS.model("softmax_regression").args},
-                   in_shape=(1, 28, 28), num_classes=10)
+                   in_shape=(1, 28, 28), num_outputs=10)
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linear) == 1 and linear[0].weight.shape == (10, 784)
 

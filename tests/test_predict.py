@@ -108,7 +108,7 @@ def test_a_model_that_is_not_an_image_classifier_is_a_usage_error(tmp_path: Path
     assert main(["predict", "--model", "lstm", str(image)]) == 2
     assert "lstm: a sequence model; `dltorch predict` classifies images" in capsys.readouterr().err
     line = tmp_path / "line.onnx"
-    export_onnx(build_model("mlp", {"hidden": []}, "regression", {"in_shape": [1], "num_classes": 1}), (1,), line,
+    export_onnx(build_model("mlp", {"hidden": []}, "regression", {"in_shape": [1], "num_outputs": 1}), (1,), line,
                 18, "x", "y")
     assert main(["predict", "--model", "mlp", "--onnx", str(line), str(image)]) == 2
     assert "line.onnx: not an image classifier: its input 'x' has shape ['batch', 1]" in capsys.readouterr().err

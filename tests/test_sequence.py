@@ -166,7 +166,7 @@ def test_gru_and_rnn_cells_export_with_a_dynamic_length(cell: str, tmp_path: Pat
     from dltorch.models import create
 
     torch.manual_seed(0)
-    model = create("lstm", {"cell": cell, "hidden": 8, "layers": 2}, in_shape=(16, 1), num_classes=4).eval()
+    model = create("lstm", {"cell": cell, "hidden": 8, "layers": 2}, in_shape=(16, 1), num_outputs=4).eval()
     path = tmp_path / f"{cell}.onnx"
     spec = sequence.TASK
     export_onnx(model, (16, 1), path, 18, spec.input_name, spec.output_name, spec.dynamic_axes)

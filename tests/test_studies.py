@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from dltorch import engine, studies
 from dltorch.config import load_params, parse_params
-from dltorch.data.images import TensorData
 from dltorch.data.synthetic import generate, write_sets
+from dltorch.data.tensors import TensorData
 from dltorch.errors import ParamsError
 from dltorch.models import create
 from dltorch.studies.common import Study, VariantResult, load_set, run_study, train_variant
@@ -226,7 +226,7 @@ def test_an_epoch_of_fresh_batches_averages_the_rows_it_saw(synthetic):
     arch, args, cfg = REPO_PARAMS.study("gd_variants").variant("mini_batch")
     train, _ = load_set(synthetic / "parabola.csv")
     torch.manual_seed(0)
-    model = create(arch, args, in_shape=(1,), num_classes=1)
+    model = create(arch, args, in_shape=(1,), num_outputs=1)
     steps: list[float] = []
     objective = engine.Objective(torch.nn.MSELoss(), lambda outputs, targets: {})
     history = engine.fit(model, objective, train, None, cfg.model_copy(update={"epochs": 1}), None,

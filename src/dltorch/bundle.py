@@ -25,7 +25,7 @@ class ModelBundle:
     args: dict[str, Any]
     task: str
     dataset: str
-    inputs: dict[str, Any]  # what the task told the builder: in_shape, num_classes, mean, std
+    inputs: dict[str, Any]  # what the task told the builder: in_shape, num_outputs, mean, std
     config: dict[str, Any]  # the model's validated params entry, for the record
 
     def build(self) -> nn.Module:
@@ -33,7 +33,7 @@ class ModelBundle:
 
 
 def build_model(arch: str, args: dict[str, Any], task: str, inputs: dict[str, Any]) -> nn.Module:
-    net = create(arch, args, in_shape=tuple(inputs["in_shape"]), num_classes=inputs["num_classes"])
+    net = create(arch, args, in_shape=tuple(inputs["in_shape"]), num_outputs=inputs["num_outputs"])
     return get_task(task).wrap(net, inputs)
 
 

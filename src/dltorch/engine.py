@@ -22,8 +22,8 @@ from tqdm import tqdm
 from dltorch import distributed
 from dltorch.augment import augment_batch
 from dltorch.config import TrainConfig
-from dltorch.data.images import TensorData
 from dltorch.data.streamed import StreamedData
+from dltorch.data.tensors import TensorData
 from dltorch.errors import DeviceError
 from dltorch.io import save_torch
 

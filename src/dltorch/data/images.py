@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dltorch.data.fetch import DATASETS
+from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError
 
 CLASSES = {
@@ -15,18 +15,6 @@ CLASSES = {
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
     "mnist": [str(digit) for digit in range(10)],
 }
-
-
-@dataclass(frozen=True)
-class TensorData:
-    inputs: torch.Tensor  # float32 pixels in [0, 1], (N, 1, 28, 28)
-    targets: torch.Tensor  # int64 class indices, (N,)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def subset(self, index: torch.Tensor) -> TensorData:
-        return TensorData(self.inputs[index], self.targets[index])
 
 
 def _read_idx(path: Path) -> torch.Tensor:
@@ -48,16 +36,6 @@ def load_split(raw_root: Path, dataset: str, train: bool) -> TensorData:
     if images.ndim != 3 or len(images) != len(labels):
         raise DataError(f"{folder}: {prefix} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
     return TensorData(images.unsqueeze(1).float().div_(255), labels.long())
-
-
-def split_validation(data: TensorData, val_size: int, seed: int) -> tuple[TensorData, TensorData | None]:
-    """Hold out a fixed random val_size samples; the test set stays untouched for evaluate."""
-    if val_size == 0:
-        return data, None
-    if val_size >= len(data):
-        raise DataError(f"val_size {val_size} leaves no training data out of {len(data)} samples")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    return data.subset(order[val_size:]), data.subset(order[:val_size])
 
 
 def channel_stats(data: TensorData) -> tuple[list[float], list[float]]:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dltorch.config import AugmentConfig
-from dltorch.data.images import TensorData
+from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

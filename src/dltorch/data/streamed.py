@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from dltorch.data.images import TensorData
+from dltorch.data.tensors import TensorData
 
 
 class StreamedData:

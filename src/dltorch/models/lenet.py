@@ -8,7 +8,7 @@ from dltorch.models.registry import register_model
 
 
 @register_model
-def lenet5(in_shape: tuple[int, ...], num_classes: int, activation: str = "relu", pool: str = "max") -> nn.Module:
+def lenet5(in_shape: tuple[int, ...], num_outputs: int, activation: str = "relu", pool: str = "max") -> nn.Module:
     """conv 6 -> pool -> conv 16 -> pool -> 120-84-classes. The 1998 paper used sigmoid/tanh and average
     pooling (`activation: sigmoid`, `pool: avg`); ReLU and max pooling train faster and reach higher accuracy."""
     act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -23,5 +23,5 @@ def lenet5(in_shape: tuple[int, ...], num_classes: int, activation: str = "relu"
         nn.Flatten(),
         nn.Linear(flat, 120), act[activation](),
         nn.Linear(120, 84), act[activation](),
-        nn.Linear(84, num_classes),
+        nn.Linear(84, num_outputs),
     )

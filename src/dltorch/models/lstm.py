@@ -40,13 +40,13 @@ class Forecaster(nn.Module):
 
 
 @register_model
-def lstm(in_shape: tuple[int, ...], num_classes: int, cell: str = "lstm", hidden: int = 64, layers: int = 2,
+def lstm(in_shape: tuple[int, ...], num_outputs: int, cell: str = "lstm", hidden: int = 64, layers: int = 2,
          dropout: float = 0.0) -> nn.Module:
-    """in_shape is (steps, features); num_classes is the horizon, the number of values predicted."""
+    """in_shape is (steps, features); num_outputs is the horizon: the number of values predicted."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {', '.join(CELLS)}, not '{cell}'")
     if hidden < 1 or layers < 1 or not 0.0 <= dropout < 1.0:
         raise ValueError("hidden and layers must be at least 1 and dropout in [0, 1)")
     if len(in_shape) != 2:
         raise ValueError(f"in_shape must be (steps, features), not {tuple(in_shape)}")
-    return Forecaster(cell, in_shape[-1], hidden, layers, dropout, num_classes)
+    return Forecaster(cell, in_shape[-1], hidden, layers, dropout, num_outputs)

@@ -11,7 +11,7 @@ from dltorch.models.registry import register_model
 
 @register_model
 def mlp(
-    in_shape: tuple[int, ...], num_classes: int, hidden: list[int] = [512, 512], dropout: float = 0.0,  # noqa: B006
+    in_shape: tuple[int, ...], num_outputs: int, hidden: list[int] = [512, 512], dropout: float = 0.0,  # noqa: B006
     zero_init: bool = False,
 ) -> nn.Module:
     """zero_init: the line (no hidden layer) starts from w = b = 0, as the course's AdaGrad lesson; hidden layers
@@ -25,7 +25,7 @@ def mlp(
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = size
-    layers.append(nn.Linear(width, num_classes))
+    layers.append(nn.Linear(width, num_outputs))
     if zero_init:
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)

@@ -10,8 +10,9 @@ from pydantic import ConfigDict, ValidationError, create_model
 
 from dltorch.errors import ParamsError
 
-# Arguments every task supplies itself; params.yaml may not set them.
-TASK_ARGS = frozenset({"in_shape", "num_classes"})
+# Arguments every task supplies itself; params.yaml may not set them. num_outputs: values per sample the model
+# outputs (classes for a classifier, the horizon for a forecaster, mask channels for a segmenter).
+TASK_ARGS = frozenset({"in_shape", "num_outputs"})
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}
 

@@ -30,7 +30,7 @@ class BasicBlock(nn.Module):
 
 @register_model
 def resnet(
-    in_shape: tuple[int, ...], num_classes: int, widths: list[int] = [32, 64, 128], blocks: list[int] = [1, 1, 1],  # noqa: B006
+    in_shape: tuple[int, ...], num_outputs: int, widths: list[int] = [32, 64, 128], blocks: list[int] = [1, 1, 1],  # noqa: B006
     dropout: float = 0.0,
 ) -> nn.Module:
     """Stage i has blocks[i] blocks of widths[i] channels; every stage after the first halves the resolution."""
@@ -43,5 +43,5 @@ def resnet(
         for index in range(count):
             layers.append(BasicBlock(channels, width, stride=2 if stage > 0 and index == 0 else 1))
             channels = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_outputs)]
     return nn.Sequential(*layers)

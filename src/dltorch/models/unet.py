@@ -59,9 +59,9 @@ class UNet(nn.Module):
 
 
 @register_model
-def unet(in_shape: tuple[int, ...], num_classes: int, features: list[int] = [16, 32, 64, 128]) -> nn.Module:  # noqa: B006
-    """in_shape is (channels, height, width); num_classes output channels of logits (1 for a binary mask)."""
+def unet(in_shape: tuple[int, ...], num_outputs: int, features: list[int] = [16, 32, 64, 128]) -> nn.Module:  # noqa: B006
+    """in_shape is (channels, height, width); num_outputs: output channels of logits (1 for a binary mask)."""
     if not 1 <= len(features) <= MAX_LEVELS or min(features) < 1:
         raise ValueError(f"features must list 1 to {MAX_LEVELS} positive widths (the exported graph takes sides "
                          f"that are multiples of {2**MAX_LEVELS}), not {features}")
-    return UNet(in_shape[0], num_classes, list(features))
+    return UNet(in_shape[0], num_outputs, list(features))

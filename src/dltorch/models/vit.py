@@ -37,7 +37,7 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, in_shape: tuple[int, ...], num_classes: int, patch: int, dim: int, depth: int, heads: int,
+    def __init__(self, in_shape: tuple[int, ...], num_outputs: int, patch: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float, dropout: float) -> None:
         super().__init__()
         channels, height, width = in_shape
@@ -48,7 +48,7 @@ class VisionTransformer(nn.Module):
         self.position = nn.Parameter(torch.randn(1, 1 + (height // patch) * (width // patch), dim) * 0.02)
         self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(dim, num_outputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.patchify(images).flatten(2).transpose(1, 2)
@@ -57,6 +57,6 @@ class VisionTransformer(nn.Module):
 
 
 @register_model
-def vit(in_shape: tuple[int, ...], num_classes: int, patch: int = 4, dim: int = 64, depth: int = 4, heads: int = 4,
+def vit(in_shape: tuple[int, ...], num_outputs: int, patch: int = 4, dim: int = 64, depth: int = 4, heads: int = 4,
         mlp_ratio: float = 2.0, dropout: float = 0.0) -> nn.Module:
-    return VisionTransformer(in_shape, num_classes, patch, dim, depth, heads, mlp_ratio, dropout)
+    return VisionTransformer(in_shape, num_outputs, patch, dim, depth, heads, mlp_ratio, dropout)

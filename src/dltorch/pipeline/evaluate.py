@@ -20,18 +20,18 @@ from dltorch.tasks import Evaluation, Task, get_task
 from dltorch.tracking import Tracker
 
 
-def evaluate(raw_root: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None = None,
+def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None = None,
              tracker: Tracker | None = None) -> dict:
     """Test metrics and figures, logged to the model's run in `tracker`'s store (by default the project's); then
     the model's gate, if params set one."""
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     train_cfg = bundle.config["train"]
-    test = task.load_test(raw_root, bundle.dataset, settings=TrainConfig.model_validate(train_cfg))
+    test = task.load_test(data, bundle.dataset, settings=TrainConfig.model_validate(train_cfg))
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
     history = read_json(model_dir / HISTORY_FILE)
-    report, figures = task.report(Evaluation(model, outputs, test, loss, raw_root, bundle.dataset, bundle.name,
+    report, figures = task.report(Evaluation(model, outputs, test, loss, data, bundle.dataset, bundle.name,
                                              history, out_dir))
     metrics, details = split_report(report, task, history)
     if gate is not None:

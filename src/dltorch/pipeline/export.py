@@ -16,8 +16,8 @@ import torch
 
 from dltorch.bundle import ModelBundle, load_model
 from dltorch.config import ExportConfig, RegistryRule, TrainConfig
-from dltorch.data.images import TensorData
 from dltorch.data.streamed import StreamedData
+from dltorch.data.tensors import TensorData
 from dltorch.errors import CheckpointError, ParamsError
 from dltorch.export import (
     assert_parity,

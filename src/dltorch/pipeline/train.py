@@ -13,8 +13,8 @@ import torch
 from dltorch import engine
 from dltorch.bundle import ModelBundle, build_model, save_model
 from dltorch.config import ModelConfig, Params
-from dltorch.data.images import TensorData
 from dltorch.data.streamed import StreamedData
+from dltorch.data.tensors import TensorData
 from dltorch.io import save_torch, write_json
 from dltorch.layout import CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.models.registry import validate_args
@@ -46,14 +46,14 @@ def _digest(data: engine.TrainData | None) -> str | None:
     return digest.hexdigest()
 
 
-def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool = True,
+def train(params: Params, name: str, data: Path, out_dir: Path, writes: bool = True,
           tracker: Tracker | None = None) -> list[dict]:
     """Train model `name`, tracked by `tracker` (the door's; by default the project's store). `writes` says whether
     this process tracks and writes: under torchrun rank 0 alone (the door joins the group: process_group)."""
     cfg = params.model(name)
     task = get_task(cfg.task)
-    dataset = task.dataset_name(raw_root, params.fetch.dataset)
-    train_data, val_data = task.load_train_val(raw_root, dataset, cfg.train.val_size, cfg.train.seed,
+    dataset = task.dataset_name(data, params.fetch.dataset)
+    train_data, val_data = task.load_train_val(data, dataset, cfg.train.val_size, cfg.train.seed,
                                                settings=cfg.train)
     inputs = task.model_inputs(train_data, dataset)
     torch.manual_seed(cfg.train.seed)
@@ -67,7 +67,7 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool
     with tracker.model_run(name, f"train@{name}", run_id=run_id) if writes else nullcontext() as run:
         if run and resume is None:
             run.log_params({"dataset": dataset, **config})
-            run.log_dataset(raw_root, dataset)
+            run.log_dataset(data, dataset)
         started = time.perf_counter()  # the run stays open until export: its Duration is not the training time
         if cfg.train.trainer == "engine":
             with run.epoch_logger() if run else nullcontext() as log_epoch:
@@ -77,7 +77,7 @@ def train(params: Params, name: str, raw_root: Path, out_dir: Path, writes: bool
                                              writes)
                 history = engine.fit(model, objective, train_data, val_data, cfg.train, spec, log_epoch)
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
-            history = task.trainers[cfg.train.trainer](model, raw_root, cfg.train)
+            history = task.trainers[cfg.train.trainer](model, data, cfg.train)
             if run:
                 run.log_history(history)
                 save_torch(checkpoint, {"model": model.state_dict(), "epoch": cfg.train.epochs, "history": history,

@@ -15,8 +15,8 @@ from torch import nn
 
 from dltorch import engine, plots
 from dltorch.config import Params, TrainConfig
-from dltorch.data.images import TensorData
 from dltorch.data.synthetic import read_set
+from dltorch.data.tensors import TensorData
 from dltorch.io import write_csv, write_json
 from dltorch.models import create
 from dltorch.studies import registry
@@ -82,7 +82,7 @@ def train_variant(arch: str, args: dict[str, Any], cfg: TrainConfig, train: Tens
     (dropout off), which picks no "best" epoch: the study compares where each variant ends. No checkpoint, as a
     study reruns in seconds. Seeding right before building gives variants of one architecture the same weights."""
     torch.manual_seed(cfg.seed)
-    model = create(arch, args, in_shape=tuple(train.inputs.shape[1:]), num_classes=1)
+    model = create(arch, args, in_shape=tuple(train.inputs.shape[1:]), num_outputs=1)
     loss_fn = regression.make_loss(cfg.loss)
     device = engine.select_device(cfg.device)
     result = VariantResult(model)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dltorch import plots
-from dltorch.data.images import TensorData
+from dltorch.data.tensors import TensorData
 from dltorch.studies.common import Study, VariantResult
 from dltorch.studies.registry import register_study
 

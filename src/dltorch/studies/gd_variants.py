@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dltorch import plots
-from dltorch.data.images import TensorData
+from dltorch.data.tensors import TensorData
 from dltorch.studies.common import Study, VariantResult
 from dltorch.studies.registry import register_study
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from dltorch import plots
 from dltorch.config import TrainConfig
-from dltorch.data.images import CLASSES, TensorData, channel_stats, load_split, split_validation
+from dltorch.data.images import CLASSES, channel_stats, load_split
+from dltorch.data.tensors import TensorData, split_validation
 from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
@@ -50,7 +51,7 @@ def load_test(raw_root: Path, dataset: str, settings: TrainConfig | None = None)
 def model_inputs(train: TensorData, dataset: str) -> dict:
     """What the task tells the architecture builder and the normalization layer."""
     mean, std = channel_stats(train)
-    return {"in_shape": tuple(train.inputs.shape[1:]), "num_classes": len(CLASSES[dataset]), "mean": mean, "std": std}
+    return {"in_shape": tuple(train.inputs.shape[1:]), "num_outputs": len(CLASSES[dataset]), "mean": mean, "std": std}
 
 
 def mse_onehot(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

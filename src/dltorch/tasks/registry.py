@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from dltorch.config import TrainConfig
-    from dltorch.data.images import TensorData
+    from dltorch.data.tensors import TensorData
 
 
 

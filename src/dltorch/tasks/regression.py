@@ -11,8 +11,8 @@ from torch import nn
 
 from dltorch import linreg, plots
 from dltorch.config import TrainConfig
-from dltorch.data.images import TensorData, split_validation
 from dltorch.data.synthetic import read_set
+from dltorch.data.tensors import TensorData, split_validation
 from dltorch.errors import DataError, ParamsError
 from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
@@ -36,7 +36,7 @@ def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> 
 
 
 def model_inputs(train: TensorData, dataset: str) -> dict:
-    return {"in_shape": (1,), "num_classes": 1}  # one x in, one y out
+    return {"in_shape": (1,), "num_outputs": 1}  # one x in, one y out
 
 
 def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

@@ -14,9 +14,9 @@ from torch import nn
 from dltorch import plots
 from dltorch.config import SIDE_MULTIPLE, TrainConfig
 from dltorch.data import segmentation
-from dltorch.data.images import TensorData
 from dltorch.data.shapes import IMAGES, MASKS
 from dltorch.data.streamed import StreamedData
+from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError, ParamsError
 from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
@@ -61,7 +61,7 @@ def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> 
 
 
 def model_inputs(train: StreamedData, dataset: str) -> dict:
-    return {"in_shape": tuple(train.sample_shape), "num_classes": 1}  # one channel of logits: the foreground
+    return {"in_shape": tuple(train.sample_shape), "num_outputs": 1}  # one channel of logits: the foreground
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

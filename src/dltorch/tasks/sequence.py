@@ -12,7 +12,7 @@ from torch import nn
 from dltorch import plots
 from dltorch.config import TrainConfig
 from dltorch.data import sequences
-from dltorch.data.images import TensorData
+from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError
 from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
@@ -49,7 +49,7 @@ def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> 
 
 def model_inputs(train: TensorData, dataset: str) -> dict:
     steps, features = train.inputs.shape[1:]
-    return {"in_shape": (steps, features), "num_classes": train.targets.shape[1]}  # classes: the horizon
+    return {"in_shape": (steps, features), "num_outputs": train.targets.shape[1]}  # the horizon
 
 
 def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
