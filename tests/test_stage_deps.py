@@ -54,6 +54,9 @@ def _imported(path: Path, whole_params: bool) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    if path.name == "__init__.py" and "pkgutil.iter_modules" in path.read_text():  # a package that imports its
+        package = path.relative_to(SRC).parent.as_posix().replace("/", ".")  # every module, found by listing
+        found.update(f"{package}.{module.stem}" for module in path.parent.glob("*.py") if module.stem != "__init__")
     return {name for name in found if name.split(".")[0] == "dltorch" and _file_of(name)}
 
 
