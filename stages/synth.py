@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from dltorch.config import SynthConfig, load_section
-from dltorch.data.synthetic import write_sets
+from dltorch.data.synth import write_sets
 from dltorch.entry import run_stage
 
 

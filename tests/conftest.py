@@ -84,7 +84,7 @@ def synthetic_root(tmp_path: Path) -> Path:
     """data/ as after the synth stage with the course's default sets (<root>/synthetic/<set>.csv), and tiny
     sequences and shapes sets (<root>/synthetic/sequences/, <root>/synthetic/shapes/)."""
     from dltorch.config import SynthConfig
-    from dltorch.data.synthetic import write_sets
+    from dltorch.data.synth import write_sets
 
     write_sets(SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES), tmp_path / "data" / "synthetic")
     return tmp_path / "data"

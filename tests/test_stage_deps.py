@@ -165,3 +165,11 @@ def test_light_door_reads_its_section_and_names_the_bad_key(tmp_path):
         load_section(params, "fetch")
     params.write_text("fetch: {download: false}\nmodels: {broken: 1}\n")
     assert load_section(params, "fetch").download is False
+
+
+def test_a_generator_of_one_set_reruns_synth_not_every_model():
+    """Editing the shapes generator changes the shapes set (so the models reading it retrain through their data
+    dep); it must not retrain the image classifiers through a code dep."""
+    assert "src/dltorch/data/shapes.py" in _listed(_stages()["synth"]["deps"])
+    for name in ("train", "evaluate", "export", "study"):
+        assert "src/dltorch/data/shapes.py" not in _listed(_stages()[name]["deps"]), name

@@ -20,6 +20,8 @@ from dltorch.config import AugmentConfig
 from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError
 
+IMAGES, MASKS = "images", "masks"  # a split's folders: <split>/images/<id>.jpg, <split>/masks/<id>_mask.gif
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".gif", ".png")
 MASK_NAMES = ("{stem}_mask.gif", "{stem}_mask.png", "{stem}.png")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from dltorch.config import ShapesConfig
+from dltorch.data.segmentation import IMAGES, MASKS
 from dltorch.io import atomic_dir, folder_digest
 
-IMAGES, MASKS = "images", "masks"
 JPEG_QUALITY = 90
 KINDS = ("ellipse", "rectangle", "car")
 MIN_CONTRAST = 90.0  # least RGB distance between an object's colour and the background's mean colour

@@ -125,17 +125,6 @@ def write_set(data: SetData, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_sets(cfg: SynthConfig, out_dir: Path) -> dict[str, str]:
-    """Every set: the course's as <out_dir>/<name>.csv, `sequences` and `shapes` as folders (data/sequences.py,
-    data/shapes.py); returns {name: SHA-256 of the file, or of the folder's files}."""
-    from dltorch.data import sequences, shapes
-
-    digests = {name: write_set(generate(name, cfg), out_dir / f"{name}.csv") for name in GENERATORS}
-    digests["sequences"] = sequences.write(sequences.generate(cfg.sequences), out_dir / "sequences")
-    digests["shapes"] = shapes.write(cfg.shapes, out_dir / "shapes")
-    return digests
-
-
 def read_set(path: Path) -> SetData:
     """Read a set written by write_set; a missing or malformed file is a DataError naming file and line."""
     if not path.is_file():

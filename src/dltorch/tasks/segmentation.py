@@ -14,7 +14,6 @@ from torch import nn
 from dltorch import plots
 from dltorch.config import SIDE_MULTIPLE, TrainConfig
 from dltorch.data import segmentation
-from dltorch.data.shapes import IMAGES, MASKS
 from dltorch.data.streamed import StreamedData
 from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError, ParamsError
@@ -35,7 +34,8 @@ def _image_size(settings: TrainConfig | None) -> tuple[int, int]:
 
 def folder_pair(data: Path, split: str, transform: Any) -> segmentation.MaskedImageFolder:
     """<data>/<split>/images and <data>/<split>/masks, as the synth stage writes them."""
-    return segmentation.MaskedImageFolder(data / split / IMAGES, data / split / MASKS, transform)
+    folder = data / split
+    return segmentation.MaskedImageFolder(folder / segmentation.IMAGES, folder / segmentation.MASKS, transform)
 
 
 def load_train_val(data: Path, dataset: str, val_size: int, seed: int,
