@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dltorch import engine
 from dltorch.bundle import build_model
 from dltorch.config import ModelConfig, load_params
-from dltorch.data.fetch import DATASETS
+from dltorch.data.datasets import DATASETS
 from dltorch.layout import ModelFiles
 from dltorch.tasks import get_task
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dltorch.data import fetch
+from dltorch.data.classification import load_split
 from dltorch.data.fetch import IDX_FILES, fetch_dataset
-from dltorch.data.images import load_split
 from dltorch.errors import DataError
 from tests.conftest import TINY_TEST, TINY_TRAIN, tiny_idx_files
 

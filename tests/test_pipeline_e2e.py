@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from dltorch.config import load_params
-from dltorch.data.synthetic import read_set
+from dltorch.data.regression import read_set
 from dltorch.studies import names as study_names
 from tests.conftest import TINY_SEQUENCES, TINY_SHAPES
 from tests.helpers import FASHION_MNIST, copy_repo, dvc

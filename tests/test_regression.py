@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from dltorch import linreg
 from dltorch.config import load_params, parse_params
-from dltorch.data.synthetic import read_set
+from dltorch.data.regression import read_set
 from dltorch.errors import ParamsError
 from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.train import train
+from dltorch.tasks import regression as lessons
 from tests.conftest import REPO, tiny_params_dict
 from tests.helpers import export_trained
 
@@ -23,17 +23,17 @@ REPO_PARAMS = load_params(REPO / "params.yaml")
 
 def test_one_gradient_step_from_zero_is_the_mse_gradient():
     x, y = np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0])
-    w, b = linreg.gradient_step(0.0, 0.0, x, y, lr=0.1)
+    w, b = lessons.gradient_step(0.0, 0.0, x, y, lr=0.1)
     # dL/dw = 2 mean((wx + b - y) x) = -2 (0 + 3 + 10) / 3; dL/db = -2 (1 + 3 + 5) / 3
     assert w == pytest.approx(0.1 * 26 / 3) and b == pytest.approx(0.1 * 6)
-    assert linreg.mse_loss(2.0, 1.0, x, y) == 0.0
+    assert lessons.mse_loss(2.0, 1.0, x, y) == 0.0
 
 
 def test_numpy_gd_converges_to_the_closed_form_and_never_increases_the_loss():
     data = read_set_default("line")
     x, y = data.part("train")
-    w, b, history = linreg.numpy_gd(x, y, lr=0.3, iterations=3000)  # lr < 1/L: monotone
-    w_ls, b_ls = linreg.least_squares(x, y)
+    w, b, history = lessons.numpy_gd(x, y, lr=0.3, iterations=3000)  # lr < 1/L: monotone
+    w_ls, b_ls = lessons.least_squares(x, y)
     assert (w, b) == pytest.approx((w_ls, b_ls), abs=1e-6)
     assert np.polyfit(x, y, 1) == pytest.approx([w_ls, b_ls])  # an independent closed form
     losses = [row["train_loss"] for row in history]
@@ -41,7 +41,7 @@ def test_numpy_gd_converges_to_the_closed_form_and_never_increases_the_loss():
 
 
 def read_set_default(name: str):
-    from dltorch.data.synthetic import generate
+    from dltorch.data.regression import generate
 
     return generate(name, REPO_PARAMS.synth)
 

@@ -16,7 +16,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error
 
 from dltorch.bundle import load_model
 from dltorch.config import SequencesConfig, parse_params
-from dltorch.data import sequences
+from dltorch.data import sequence as series_data
 from dltorch.errors import DataError, ParamsError
 from dltorch.export import onnx_session, run_onnx
 from dltorch.pipeline.evaluate import evaluate
@@ -29,22 +29,22 @@ TINY = SequencesConfig(**TINY_SEQUENCES)
 
 
 def test_a_seed_gives_the_same_series_and_bytes_another_seed_others(tmp_path: Path):
-    first, again = sequences.generate(TINY), sequences.generate(TINY)
+    first, again = series_data.generate(TINY), series_data.generate(TINY)
     assert np.array_equal(first.values, again.values) and list(first.split) == list(again.split)
-    assert sequences.write(first, tmp_path / "a") == sequences.write(again, tmp_path / "b")
+    assert series_data.write(first, tmp_path / "a") == series_data.write(again, tmp_path / "b")
     assert (tmp_path / "a" / "series.csv").read_bytes() == (tmp_path / "b" / "series.csv").read_bytes()
-    other = sequences.generate(TINY.model_copy(update={"seed": 1}))
+    other = series_data.generate(TINY.model_copy(update={"seed": 1}))
     assert not np.allclose(other.values, first.values)
-    read = sequences.read(tmp_path / "a")  # full precision survives the CSV
-    assert np.array_equal(read.values, first.values) and read.spec == sequences.Spec(16, 4, 4)
+    read = series_data.read(tmp_path / "a")  # full precision survives the CSV
+    assert np.array_equal(read.values, first.values) and read.spec == series_data.Spec(16, 4, 4)
 
 
 def test_series_are_split_whole_and_noise_is_added_to_the_same_sines():
-    data = sequences.generate(TINY)
+    data = series_data.generate(TINY)
     assert data.values.shape == (12, 40)
     assert [int((data.split == s).sum()) for s in ("train", "val", "test")] == [8, 2, 2]
-    clean = sequences.generate(TINY.model_copy(update={"noise": 0.0})).values
-    noisy = sequences.generate(TINY.model_copy(update={"noise": 0.5})).values
+    clean = series_data.generate(TINY.model_copy(update={"noise": 0.0})).values
+    noisy = series_data.generate(TINY.model_copy(update={"noise": 0.5})).values
     # the sines are drawn before the noise: the difference is the noise alone
     assert abs(float(np.std(noisy - clean)) - 0.5) < 0.05 and abs(float(np.mean(noisy - clean))) < 0.05
     # 3 sines with amplitudes up to 1: never above 3 in size, and not constant
@@ -53,7 +53,7 @@ def test_series_are_split_whole_and_noise_is_added_to_the_same_sines():
 
 def test_windows_and_baselines_on_a_hand_made_sequence():
     series = np.array([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 11.0]])
-    inputs, targets = sequences.windows(series, window=4, horizon=2)
+    inputs, targets = series_data.windows(series, window=4, horizon=2)
     assert inputs.shape == (3, 4, 1) and targets.shape == (3, 2)
     assert inputs[2, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0] and targets[2].tolist() == [7.0, 11.0]
     guesses = sequence.baselines(inputs.numpy(), horizon=2, moving_average=3)
@@ -66,14 +66,14 @@ def test_windows_and_baselines_on_a_hand_made_sequence():
 
 def test_a_missing_or_corrupt_set_names_the_file(tmp_path: Path):
     with pytest.raises(DataError, match=r"series.csv: missing; run the synth stage first"):
-        sequences.read(tmp_path / "nothing")
+        series_data.read(tmp_path / "nothing")
     folder = tmp_path / "set"
-    sequences.write(sequences.generate(TINY), folder)
+    series_data.write(series_data.generate(TINY), folder)
     lines = (folder / "series.csv").read_text().splitlines()
     lines[3] = lines[3].replace("train", "training", 1)
     (folder / "series.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"series.csv: line 4: expected a split \(train\|val\|test\) and 40 numbers"):
-        sequences.read(folder)
+        series_data.read(folder)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import torch
 
 from dltorch.bundle import load_model
 from dltorch.config import ExportConfig, parse_params
-from dltorch.data.images import load_split
+from dltorch.data.classification import load_split
 from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train

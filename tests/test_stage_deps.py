@@ -17,7 +17,9 @@ from tests.conftest import REPO
 
 SRC = REPO / "src"
 CONFIG = SRC / "dltorch" / "config.py"
-TASK_DEP = "src/dltorch/tasks/${item.task}.py"  # a per-model stage runs its own task's module, found by the registry
+# A per-model stage runs its own task's module (found by the registry) and that task's data module: dvc.yaml names
+# both by ${item.task}, as DVC cannot look a list of files up by it.
+TASK_DEPS = ("src/dltorch/tasks/${item.task}.py", "src/dltorch/data/${item.task}.py")
 STUDY_DEP = "src/dltorch/studies/${key}.py"  # study@<name> runs its own study's module, found by the registry
 
 
@@ -115,12 +117,15 @@ def _expected(name: str, stage: dict) -> set[str]:
             assert not reached & study_files - {f"src/dltorch/studies/{study}.py"}, f"study {study} imports another"
             expected |= reached - study_files
         return expected | {STUDY_DEP}
-    # The task module the registry loads is the model's own (${item.task}); its data readers are every task's:
-    # DVC cannot interpolate a lookup keyed by ${item.task} (`${task_deps.${item.task}}` fails to parse).
-    task_files = {f"src/dltorch/tasks/{task}.py" for task in task_modules()}
-    for task in task_modules():
-        expected |= _reached(SRC / "dltorch" / "tasks" / f"{task}.py") - task_files
-    return expected | {TASK_DEP}
+    # What every task runs is every model's dep; what one task alone runs must be its task or data module.
+    own = {task: {path.replace("${item.task}", task) for path in TASK_DEPS} for task in task_modules()}
+    reached = {task: _reached(SRC / "dltorch" / "tasks" / f"{task}.py") - own[task] for task in task_modules()}
+    shared = set.intersection(*reached.values())
+    for task, modules in reached.items():
+        assert (REPO / f"src/dltorch/data/{task}.py").is_file(), f"task {task} has no data module data/{task}.py"
+        alone = modules - shared - expected
+        assert not alone, f"{name}: only task {task} runs {sorted(alone)}: put it in its task or data module"
+    return expected | shared | set(TASK_DEPS)
 
 
 def _raw_stage(name: str) -> dict:

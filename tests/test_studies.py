@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from dltorch import engine, studies
 from dltorch.config import load_params, parse_params
+from dltorch.data.regression import generate
 from dltorch.data.synth import write_sets
-from dltorch.data.synthetic import generate
 from dltorch.data.tensors import TensorData
 from dltorch.errors import ParamsError
 from dltorch.models import create

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from dltorch.config import SynthConfig, parse_params
+from dltorch.data.regression import GENERATORS, generate, read_set
 from dltorch.data.synth import write_sets
-from dltorch.data.synthetic import GENERATORS, generate, read_set
 from dltorch.errors import DataError, ParamsError
 from tests.conftest import REPO, TINY_SEQUENCES, TINY_SHAPES, tiny_params_dict
 

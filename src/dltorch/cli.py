@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _predict(args: argparse.Namespace) -> int:
     from dltorch.config import load_params
-    from dltorch.data.images import CLASSES
+    from dltorch.data.datasets import CLASSES
     from dltorch.predict import Predictor
 
     params = load_params(args.params)

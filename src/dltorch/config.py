@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dltorch.data.datasets import DATASETS
 from dltorch.errors import ParamsError
 
 # Model architectures and tasks are validated against their registries, imported when a validator first needs them
@@ -34,10 +35,17 @@ class Strict(BaseModel):
 
 
 class FetchConfig(Strict):
-    dataset: Literal["fashion_mnist", "mnist"] = "fashion_mnist"
+    dataset: str = "fashion_mnist"  # a key of data/datasets.py's DATASETS
     # Where a local copy of the four IDX .gz files lives (Debian's dataset-fashion-mnist puts them here).
     source_dir: Path | None = Path("/usr/share/datasets/fashion-mnist")
     download: bool = True
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"'{name}' is not an image set fetch knows; known: {', '.join(DATASETS)}")
+        return name
 
 
 class SetConfig(Strict):
@@ -226,7 +234,7 @@ class TrainConfig(Strict):
         if self.distributed.nproc > 1:
             raise ValueError(f"distributed.nproc: trainer '{self.trainer}' runs in one process; only 'engine' "
                              "trains with DDP")
-        # the course's hand-written loops (linreg.py) read lr, epochs and seed only
+        # the course's hand-written loops (tasks/regression.py) read lr, epochs and seed only
         for key in ("momentum", "weight_decay", "grad_clip"):
             if getattr(self, key):
                 raise ValueError(f"{key}: trainer '{self.trainer}' ignores it; only 'engine' applies it")

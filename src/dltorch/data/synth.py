@@ -12,10 +12,10 @@ from dltorch.config import SynthConfig
 def write_sets(cfg: SynthConfig, out_dir: Path) -> dict[str, str]:
     """Every set: the course's as <out_dir>/<name>.csv, `sequences` and `shapes` as folders (data/sequences.py,
     data/shapes.py); returns {name: SHA-256 of the file, or of the folder's files}."""
-    from dltorch.data import sequences, shapes
-    from dltorch.data.synthetic import GENERATORS, generate, write_set
+    from dltorch.data import sequence, shapes
+    from dltorch.data.regression import GENERATORS, generate, write_set
 
     digests = {name: write_set(generate(name, cfg), out_dir / f"{name}.csv") for name in GENERATORS}
-    digests["sequences"] = sequences.write(sequences.generate(cfg.sequences), out_dir / "sequences")
+    digests["sequences"] = sequence.write(sequence.generate(cfg.sequences), out_dir / "sequences")
     digests["shapes"] = shapes.write(cfg.shapes, out_dir / "shapes")
     return digests

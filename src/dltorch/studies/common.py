@@ -15,7 +15,7 @@ from torch import nn
 
 from dltorch import engine, plots
 from dltorch.config import Params, TrainConfig
-from dltorch.data.synthetic import read_set
+from dltorch.data.regression import read_set
 from dltorch.data.tensors import TensorData
 from dltorch.io import write_csv, write_json
 from dltorch.models import create

@@ -11,7 +11,8 @@ from torch import nn
 
 from dltorch import plots
 from dltorch.config import TrainConfig
-from dltorch.data.images import CLASSES, channel_stats, load_split
+from dltorch.data.classification import channel_stats, load_split
+from dltorch.data.datasets import CLASSES
 from dltorch.data.tensors import TensorData, split_validation
 from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task

@@ -11,7 +11,7 @@ from torch import nn
 
 from dltorch import plots
 from dltorch.config import TrainConfig
-from dltorch.data import sequences
+from dltorch.data import sequence as series_data
 from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError
 from dltorch.io import write_csv
@@ -22,11 +22,11 @@ PLOTTED_WINDOWS = 6
 
 
 def _windows(data: Path, split: str) -> TensorData:
-    series = sequences.read(data)
+    series = series_data.read(data)
     part = series.part(split)
-    inputs, targets = sequences.windows(part, series.spec.window, series.spec.horizon)
+    inputs, targets = series_data.windows(part, series.spec.window, series.spec.horizon)
     if len(inputs) == 0:
-        raise DataError(f"{data / sequences.SERIES_FILE}: no {split} series")
+        raise DataError(f"{data / series_data.SERIES_FILE}: no {split} series")
     return TensorData(inputs, targets)
 
 
@@ -59,8 +59,8 @@ def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, floa
 
 def baselines(inputs: np.ndarray, horizon: int, moving_average: int) -> dict[str, np.ndarray]:
     """Forecasts that need no model, for the same windows: repeat the last value; the moving average."""
-    return {"last_value": sequences.last_value_forecast(inputs, horizon),
-            "moving_average": sequences.moving_average_forecast(inputs, horizon, moving_average)}
+    return {"last_value": series_data.last_value_forecast(inputs, horizon),
+            "moving_average": series_data.moving_average_forecast(inputs, horizon, moving_average)}
 
 
 def _mse(forecast: np.ndarray, targets: np.ndarray) -> float:
@@ -91,7 +91,7 @@ def other_shape(test: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def report(run: Evaluation) -> tuple[dict, list[Path]]:
     """Test MSE and MAE, both baselines' MSE on the same windows and the model's ratio to each, the goal."""
-    spec, name, out_dir = sequences.read(run.data).spec, run.name, run.out_dir
+    spec, name, out_dir = series_data.read(run.data).spec, run.name, run.out_dir
     inputs, targets, predicted = run.test.inputs.squeeze(-1).numpy(), run.test.targets.numpy(), run.outputs.numpy()
     guesses = baselines(inputs, spec.horizon, spec.moving_average)
     mse = _mse(predicted, targets)

@@ -6,15 +6,9 @@ from pathlib import Path
 
 import torch
 
-from dltorch.data.fetch import DATASETS
+from dltorch.data.datasets import DATASETS
 from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError
-
-CLASSES = {
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-    "mnist": [str(digit) for digit in range(10)],
-}
 
 
 def _read_idx(path: Path) -> torch.Tensor:
