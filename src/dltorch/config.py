@@ -49,7 +49,7 @@ class FetchConfig(Strict):
 
 
 class SetConfig(Strict):
-    """A synthetic set: the course's recipe (data/synthetic.py) drawn with this seed, size and noise."""
+    """A synthetic set: the course's recipe (data/regression.py) drawn with this seed, size and noise."""
 
     seed: int = Field(ge=0)
     size: int = Field(ge=2)
@@ -80,7 +80,7 @@ class ShuffledSplitSetConfig(SplitSetConfig):
 
 
 class SequencesConfig(Strict):
-    """Sums of sines with random frequencies and phases plus noise (data/sequences.py). Whole series go to the
+    """Sums of sines with random frequencies and phases plus noise (data/sequence.py). Whole series go to the
     training, validation or test split, each cut into every window of `window` steps followed by `horizon` more."""
 
     seed: int = Field(ge=0)

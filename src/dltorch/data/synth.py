@@ -1,5 +1,5 @@
 """The synth stage's work: every synthetic set of params' `synth` section, each drawn by its own generator
-(data/synthetic.py for the course's CSV sets, data/sequences.py, data/shapes.py). The generators load lazily, so
+(data/regression.py for the course's CSV sets, data/sequence.py, data/shapes.py). The generators load lazily, so
 the synth door stays light; and no model's reader depends on another set's generator."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dltorch.config import SynthConfig
 
 
 def write_sets(cfg: SynthConfig, out_dir: Path) -> dict[str, str]:
-    """Every set: the course's as <out_dir>/<name>.csv, `sequences` and `shapes` as folders (data/sequences.py,
+    """Every set: the course's as <out_dir>/<name>.csv, `sequences` and `shapes` as folders (data/sequence.py,
     data/shapes.py); returns {name: SHA-256 of the file, or of the folder's files}."""
     from dltorch.data import sequence, shapes
     from dltorch.data.regression import GENERATORS, generate, write_set

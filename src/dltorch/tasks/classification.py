@@ -40,13 +40,13 @@ def dataset_name(data: Path, fetched: str) -> str:
     return fetched  # the image set the fetch stage put under data
 
 
-def load_train_val(raw_root: Path, dataset: str, val_size: int, seed: int,
+def load_train_val(data: Path, dataset: str, val_size: int, seed: int,
                    settings: TrainConfig | None = None) -> tuple[TensorData, TensorData | None]:
-    return split_validation(load_split(raw_root, dataset, train=True), val_size, seed)
+    return split_validation(load_split(data, dataset, train=True), val_size, seed)
 
 
-def load_test(raw_root: Path, dataset: str, settings: TrainConfig | None = None) -> TensorData:
-    return load_split(raw_root, dataset, train=False)
+def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> TensorData:
+    return load_split(data, dataset, train=False)
 
 
 def model_inputs(train: TensorData, dataset: str) -> dict:
