@@ -55,7 +55,7 @@ def split_report(report: dict[str, Any], task: Task, history: list[dict]) -> tup
     show`): the task's declared metrics and the training time. Everything else of the report is audit detail."""
     _require_declared(report, task)
     metrics = {key: report[key] for key in task.metrics}
-    metrics["train_seconds"] = round(sum(row.get("seconds", 0.0) for row in history), 1)
+    metrics["train_seconds"] = round(sum(row.get("seconds", 0.0) for row in history), 3)
     return metrics, {key: value for key, value in report.items() if key not in metrics}
 
 

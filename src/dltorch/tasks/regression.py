@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +156,12 @@ def numpy_gd(x: np.ndarray, y: np.ndarray, lr: float, iterations: int) -> tuple[
     w, b = 0.0, 0.0
     history = []
     for iteration in range(1, iterations + 1):
+        started = time.perf_counter()
         loss = mse_loss(w, b, x, y)
         w, b = gradient_step(w, b, x, y, lr)
         # train_loss last: dvc.yaml's history plot draws a row's last field
-        history.append({"epoch": iteration, "lr": lr, "w": w, "b": b, "train_loss": loss})
+        history.append({"epoch": iteration, "lr": lr, "w": w, "b": b, "seconds": time.perf_counter() - started,
+                        "train_loss": loss})
     return w, b, history
 
 
@@ -171,6 +174,7 @@ def manual_autograd(x: torch.Tensor, y: torch.Tensor, lr: float, epochs: int,
     b = torch.zeros(1, requires_grad=True)
     history = []
     for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
         loss = ((w * x + b - y) ** 2).mean()
         loss.backward()
         with torch.no_grad():  # the update itself must not become part of the graph
@@ -178,7 +182,7 @@ def manual_autograd(x: torch.Tensor, y: torch.Tensor, lr: float, epochs: int,
             b -= lr * b.grad
         w.grad.zero_()
         b.grad.zero_()
-        history.append({"epoch": epoch, "lr": lr, "train_loss": loss.item()})
+        history.append({"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - started, "train_loss": loss.item()})
     return w.item(), b.item(), history
 
 
