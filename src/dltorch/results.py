@@ -45,7 +45,7 @@ def _row(params: Params, name: str, files: ModelFiles) -> Row:
     value = metrics.get(metric) if metrics else None
     return Row(model=name, task=cfg.task, metric=metric, value=MISSING if value is None else f"{value:.4f}",
                goal=_goal(cfg.gate), parity=_parity(_read(files.parity)), int8=_int8(_read(files.deploy)),
-               training=_training(_read(files.history)))
+               training=_training(metrics, _read(files.history)))
 
 
 def _read(path: Path) -> dict | list | None:
@@ -73,11 +73,11 @@ def _int8(deploy: dict | None) -> str:
     return f"{verdict} {-int8['drop']:+.4f}"  # the change in the ranked metric: + better, - worse
 
 
-def _training(history: list | None) -> str:
-    if not history:
+def _training(metrics: dict | None, history: list | None) -> str:
+    """evaluate's train_seconds (the one sum of the epochs' seconds), and the number of epochs."""
+    if not metrics or not history:
         return MISSING
-    seconds = sum(row.get("seconds", 0.0) for row in history)
-    return f"{seconds:.0f} s / {len(history)} ep"
+    return f"{metrics['train_seconds']:.0f} s / {len(history)} ep"
 
 
 def format_table(rows: list[Row]) -> str:
