@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dltorch import engine
+from dltorch import engine, precision
 from dltorch.bundle import build_model
 from dltorch.config import ModelConfig, load_params
 from dltorch.data.datasets import DATASETS
@@ -84,8 +84,15 @@ def bench_model(params, name: str, raw_root: Path, peak: float) -> dict:
     theirs, their_samples = course_epoch(cfg, build_model(cfg.arch, cfg.args, cfg.task, inputs)[1], task, raw_root,
                                          dataset, inputs["mean"], inputs["std"])
     ours_rate, theirs_rate = len(train) / ours, their_samples / theirs
+    batch = train.inputs[: cfg.train.batch_size]  # what `precision: auto` times to decide: one step in each
+    probe = engine.training_step_probe(task.make_loss(cfg.train.loss), batch.contiguous(
+        memory_format=engine.memory_format(batch)), train.targets[: cfg.train.batch_size], torch.device("cpu"))
+    step_ms = precision.measure(probe, model)
     achieved = flops * len(train) / ours / 1e9
-    return {"model": name, "epoch_s": ours, "samples_per_s": ours_rate, "course_samples_per_s": theirs_rate,
+    return {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "epoch_s": ours,
+            "fp32_ms_per_step": step_ms["fp32"], "bf16_ms_per_step": step_ms["bf16"],
+            "auto_picks": precision.decide(step_ms["fp32"], step_ms["bf16"]), "samples_per_s": ours_rate,
+            "course_samples_per_s": theirs_rate,
             "speedup": ours_rate / theirs_rate, "gflop_per_sample": flops / 1e9, "achieved_gflops": achieved,
             "x_of_flop_bound": peak / achieved}
 
@@ -115,16 +122,19 @@ def main() -> None:
         raise SystemExit(f"{args.data}: no fetched data; run `dvc repro fetch` first")
     names = args.models or [n for n, m in params.models.items() if m.task == "classification"]
     peak = matmul_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul {peak:.1f} GFLOP/s\n")
-    print("| model | s/epoch | samples/s | course loop samples/s | speed-up | MFLOP/sample (train) "
-          "| achieved GFLOP/s | x of FLOP bound |\n|---|---|---|---|---|---|---|---|")
+    print(f"{precision.machine(torch.device('cpu'))}: fp32 matmul {peak:.1f} GFLOP/s\n")
+    print("| model | parameters | s/epoch | samples/s | course loop samples/s | speed-up | MFLOP/sample (train) "
+          "| achieved GFLOP/s | x of FLOP bound | fp32 ms/step | bf16 ms/step | auto picks |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for name in names:
         row = bench_model(params, name, args.data, peak)
         rows.append(row)
-        print(f"| {name} | {row['epoch_s']:.2f} | {row['samples_per_s']:,.0f} | {row['course_samples_per_s']:,.0f} "
+        print(f"| {name} | {row['parameters']:,} | {row['epoch_s']:.2f} | {row['samples_per_s']:,.0f} "
+              f"| {row['course_samples_per_s']:,.0f} "
               f"| {row['speedup']:.2f}x | {row['gflop_per_sample'] * 1e3:.2f} | {row['achieved_gflops']:.1f} "
-              f"| {row['x_of_flop_bound']:.1f}x |", flush=True)
+              f"| {row['x_of_flop_bound']:.1f}x | {row['fp32_ms_per_step']:.1f} | {row['bf16_ms_per_step']:.1f} "
+              f"| {row['auto_picks']} |", flush=True)
     if "resnet" in params.models:
         print("\n" + time_to_accuracy(ModelFiles.of("resnet").history, 0.93))
     if args.json:

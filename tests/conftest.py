@@ -4,6 +4,7 @@ every test."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dltorch import precision
 from dltorch.config import Params, parse_params
 from dltorch.data.fetch import IDX_FILES
 
@@ -93,6 +95,14 @@ def synthetic_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_params() -> Params:
     return parse_params(tiny_params_dict())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`precision: auto` verdicts go to the session's own cache, never the user's ~/.cache (subprocesses inherit)."""
+    folder = tmp_path_factory.mktemp("precision-cache")
+    os.environ[precision.CACHE_ENV] = str(folder)
+    return folder
 
 
 @pytest.fixture(autouse=True)

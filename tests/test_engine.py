@@ -207,8 +207,7 @@ def test_warmup_ramps_linearly_then_hands_over_to_the_schedule():
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
 
 
-@pytest.mark.parametrize(("precision", "expected"), [("auto", torch.float32), ("fp32", torch.float32),
-                                                      ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_precision_sets_the_dtype_of_the_forward_pass_on_cpu(raw_root, tmp_path, precision, expected):
     dtypes: list[torch.dtype] = []
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.01, val_size=40, precision=precision, device="cpu")

@@ -68,6 +68,7 @@ def test_train_writes_a_self_describing_model_and_tracks_the_run(trained: Path):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.003" and run.data.params["arch"] == "mlp"
     assert run.data.tags["dvc_stage"] == "train@mlp" and "git_commit" in run.data.tags
+    assert run.data.tags["train.precision"] == history[0]["precision"] == "fp32"  # the precision it trained in
     losses = MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in losses] == [1, 2]
 

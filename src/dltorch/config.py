@@ -181,7 +181,7 @@ class TrainConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPU (fast only with avx512_bf16 or AMX); fp32: never.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: measured per machine and model (dltorch.precision)
     trainer: str = ENGINE  # or one of the task's hand-written loops (ModelConfig checks)
     # epochs: each epoch cuts one permutation into batches (every row once). fresh_batches: every step draws a new
     # random batch, as the course's mini-batch lesson does with next(iter(a shuffled DataLoader)).

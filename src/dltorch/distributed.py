@@ -51,6 +51,15 @@ def require_group() -> None:
                            "join it first with `with distributed.process_group(device) as writes:`")
 
 
+def agree(value: str) -> str:
+    """Rank 0's value on every rank (a decision each rank could otherwise take differently, e.g. by timing)."""
+    if world_size() == 1:
+        return value
+    chosen = [value]
+    dist.broadcast_object_list(chosen, src=0)
+    return chosen[0]
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

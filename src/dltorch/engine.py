@@ -6,7 +6,6 @@ checkpoints that are plain dicts of state, written each epoch so an interrupted 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dltorch import distributed
+from dltorch import distributed, precision
 from dltorch.augment import augment_batch
 from dltorch.config import TrainConfig
 from dltorch.data.streamed import StreamedData
@@ -117,19 +116,33 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def mixed_precision(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast (no loss scaling needed, unlike fp16): under "auto" on CUDA only, under "bf16" anywhere.
+def training_step_probe(loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+                        device: torch.device) -> precision.Step:
+    """One batch's forward and backward in a given precision (no optimizer step): what `auto` times."""
 
-    On CPU bf16 pays off only where the cores have bf16 instructions (avx512_bf16, AMX); elsewhere oneDNN
-    emulates it and it is slower than fp32, hence opt-in.
-    """
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    def step(probe: nn.Module, chosen: str) -> None:
+        with precision.autocast(device, chosen):
+            loss = loss_fn(probe(inputs), targets)
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+
+    return step
+
+
+def resolve_precision(model: nn.Module, objective: Objective, train: TrainData, cfg: TrainConfig,
+                      device: torch.device) -> str:
+    """cfg.precision, with "auto" decided by timing the model's own step in fp32 and bf16 (dltorch.precision),
+    once per machine and model shape. Under torchrun every rank trains in rank 0's choice."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    batch = next(batches(train, cfg.batch_size, epoch_generator(cfg.seed, 0)))
+    inputs, targets = batch.inputs.to(device, memory_format=memory_format(batch.inputs)), batch.targets.to(device)
+    step = training_step_probe(objective.loss_fn, inputs, targets, device)
+    verdict = precision.resolve(device, model, tuple(inputs.shape), step)
+    chosen = distributed.agree(verdict.precision)
+    if distributed.is_main():
+        tqdm.write(verdict.describe())
+    return chosen
 
 
 def to_device(data: TrainData, device: torch.device) -> TrainData:
@@ -199,7 +212,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, optimization: Optimi
                 inputs = augment_batch(inputs, cfg.augment.crop_padding, cfg.augment.hflip, generator)
             inputs, targets, weight = distributed.shard(inputs, targets)
             inputs, targets = inputs.to(device, memory_format=memory_format(inputs)), targets.to(device)
-            with mixed_precision(device, cfg.precision):
+            with precision.autocast(device, cfg.precision):
                 outputs = model(inputs)
                 loss = objective.loss_fn(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
@@ -322,6 +335,7 @@ def fit(model: nn.Module, objective: Objective, train: TrainData, val: TensorDat
     start, progress = _restore(resume, model, optimization) if resume else (1, Progress())
     trained = DistributedDataParallel(model) if distributed.world_size() > 1 else model
     train, val = to_device(train, device), (to_device(val, device) if val is not None else None)
+    cfg = cfg.model_copy(update={"precision": resolve_precision(model, objective, train, cfg, device)})
     for epoch in range(start, cfg.epochs + 1):
         if progress.should_stop(epoch - 1, cfg.early_stopping_patience):
             break
@@ -352,7 +366,7 @@ def _run_epoch(trained, model, objective: Objective, optimization: Optimization,
     scores = train_one_epoch(trained, objective, optimization, train, cfg, epoch, on_step)
     seconds = time.perf_counter() - started
     record: dict[str, Any] = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
-                              "samples_per_second": round(len(train) / seconds, 1)}
+                              "samples_per_second": round(len(train) / seconds, 1), "precision": cfg.precision}
     record.update({f"train_{k}": v for k, v in scores.items()})
     if val is not None:
         val_scores = evaluate(model, objective.loss_fn, objective.score_fn, val, max(cfg.batch_size, 1000),

@@ -84,6 +84,8 @@ def train(params: Params, name: str, data: Path, out_dir: Path, writes: bool = T
                                         "fingerprint": fingerprint, "extra": {"run_id": run.id}})
         if run:
             run.log_metrics({TRAIN_TIME_METRIC: time.perf_counter() - started})
+            if history and "precision" in history[-1]:  # what `auto` resolved to on this machine
+                run.set_tags({"train.precision": history[-1]["precision"]})
             bundle = ModelBundle(name, cfg.arch, cfg.args, cfg.task, dataset, inputs, config)
             save_model(out_dir / MODEL_FILE, bundle, model.cpu())
             write_json(out_dir / HISTORY_FILE, history)
