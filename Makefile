@@ -7,6 +7,8 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # model server to the network; put it behind a proxy with authentication first.
 HOST   ?= 127.0.0.1
 PORT   ?= 5001
+# `make serve BACKEND=onnx`: the registered ONNX file in onnxruntime, one worker per core, instead of MLflow's server.
+BACKEND ?= mlflow
 # `make stack`: a team's services on loopback (PostgreSQL, an S3 server, the MLflow tracking server).
 STACK_DIR         ?= /var/tmp/dltorch-stack
 STACK_PG_PORT     ?= 5433
@@ -78,7 +80,8 @@ bench: setup
 # Serve models:/$(MODEL)@champion: MLflow's scoring server (onnxruntime) behind a body limit and a finite-values check.
 serve: setup
 	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<name> [HOST=127.0.0.1] [PORT=5001]"; exit 2; }
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m dltorch.cli serve --model $(MODEL) --host $(HOST) --port $(PORT)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m dltorch.cli serve --model $(MODEL) --host $(HOST) --port $(PORT) \
+		--backend $(BACKEND)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -187,10 +187,24 @@ def test_mlflow_models_serve_answers_like_torch(registered: dict, start_server):
     _check_against_torch(base, registered)
 
 
-@pytest.fixture(scope="module")
-def guarded(start_server) -> str:
-    """What `make serve` runs: `dltorch serve` on the champion, default limits."""
-    return start_server([sys.executable, "-m", "dltorch.cli", "serve", "--model", "mlp", "--host", HOST])
+@pytest.fixture(scope="module", params=["mlflow", "onnx"])
+def guarded(start_server, request) -> str:
+    """What `make serve` runs: `dltorch serve` on the champion, default limits, on each backend."""
+    return start_server([sys.executable, "-m", "dltorch.cli", "serve", "--model", "mlp", "--host", HOST,
+                         "--backend", request.param])
+
+
+def test_each_backend_answers_like_torch_from_every_worker(guarded, registered):
+    for _ in range(4):  # requests spread over the workers (two here): each answers the same
+        _check_against_torch(guarded, registered)
+
+
+def test_the_onnx_backend_refuses_a_model_that_is_not_registered(registered):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["store"]}
+    done = subprocess.run([sys.executable, "-m", "dltorch.cli", "serve", "--model", "nosuch", "--backend", "onnx",
+                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "models:/nosuch@champion: cannot be served" in done.stderr
 
 
 def _image_json(array: np.ndarray) -> bytes:

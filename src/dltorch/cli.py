@@ -44,13 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_predict)
 
     serve = commands.add_parser("serve", help="serve models:/<model>@<alias> over HTTP (MLflow's scoring "
-                                              "server behind a body-size limit and a finite-values check)")
+                                              "server, or --backend onnx, behind a body-size limit and a "
+                                              "finite-values check)")
     serve.add_argument("--model", required=True, help="the registered model's name")
     serve.add_argument("--alias", default="champion")
     serve.add_argument("--host", default="127.0.0.1",
                        help="default loopback only; another address exposes an unauthenticated server")
     serve.add_argument("--port", type=int, default=5001)
     serve.add_argument("--max-body-mb", type=float, default=10.0, help="larger request bodies get a 413")
+    serve.add_argument("--backend", choices=["mlflow", "onnx"], default="mlflow",
+                       help="mlflow: MLflow's scoring server (any flavor); onnx: the registered ONNX file in "
+                            "onnxruntime behind a minimal app, one worker process per core (faster)")
+    serve.add_argument("--workers", type=int, help="onnx backend: worker processes (default: one per core)")
     serve.set_defaults(run=_serve)
 
     results = commands.add_parser("results", help="one row per model: headline metric and goal, ONNX parity, INT8, "
@@ -122,7 +127,15 @@ def _serve(args: argparse.Namespace) -> int:
     from dltorch import serve, tracking
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    serve.serve(f"models:/{args.model}@{args.alias}", args.host, args.port, int(args.max_body_mb * 2**20))
+    uri, limit = f"models:/{args.model}@{args.alias}", int(args.max_body_mb * 2**20)
+    if args.backend == "onnx":
+        from dltorch import onnx_server
+
+        if args.workers is not None and args.workers < 1:
+            raise DltorchError(f"--workers: at least 1, got {args.workers}")
+        onnx_server.serve(uri, args.host, args.port, limit, args.workers)
+    else:
+        serve.serve(uri, args.host, args.port, limit)
     return 0
 
 
