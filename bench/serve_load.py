@@ -3,7 +3,8 @@
 Starts what `make serve` runs (`dltorch serve --model <name> --backend <b>`: MLflow's scoring server, then the onnx
 backend, each behind the request guard) on 127.0.0.1 and a free port, or uses --url (loopback only) if one is already
 running; then sends exactly --requests POSTs of one test image each ({"inputs": ...}) from --clients concurrent
-clients, each on its own keep-alive connection. Reports errors (goal: 0), p50 and p99 latency and requests/s; logs them to MLflow (run `bench-serve`).
+clients, each on its own keep-alive connection. Reports errors (goal: 0), p50 and p99 latency and requests/s per
+backend; logs them to MLflow (run `bench-serve`).
 """
 
 from __future__ import annotations
