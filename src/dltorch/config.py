@@ -547,9 +547,9 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    schemas = (FetchConfig, SynthConfig, FoldersConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig,
-               MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, GateConfig, RegistryRule,
-               ModelConfig, VariantConfig, StudyConfig, Params)
+    schemas = (FetchConfig, SynthConfig, FoldersConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig,
+               ShapesConfig, MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, GateConfig,
+               RegistryRule, ModelConfig, VariantConfig, StudyConfig, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names

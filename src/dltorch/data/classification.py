@@ -94,15 +94,17 @@ class ImageFolderSplits:
         self._reference: tuple[str, tuple[str, tuple[int, int]]] | None = None  # mode; a training image's path, size
 
     def load(self, split: str) -> LabelledImages:
-        samples = self._samples(split)
-        images = [_open(Path(path)) for path, _ in samples]
+        folder = self._listed(split)
+        samples = folder.samples
+        images = [folder[i][0] for i in range(len(folder))]  # decoded by its loader, _open
         mode, size = self._training_format()
         if self.image_size is None:
             _same_size(samples, images, size)
         pixels = torch.stack([_to_tensor(image, mode, self.image_size) for image in images])
         return LabelledImages(pixels, torch.tensor([label for _, label in samples]), self.classes)
 
-    def _samples(self, split: str) -> list[tuple[str, int]]:
+    def _listed(self, split: str) -> Any:
+        """The split as an ImageFolder labelled by train/'s classes; an empty or unknown class is an error."""
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
         folder = self.root / split
@@ -112,20 +114,20 @@ class ImageFolderSplits:
         if unknown:
             raise DataError(f"{folder / unknown[0]}: class '{unknown[0]}' is not in {self.root / TRAIN} "
                             f"(its classes: {', '.join(self.classes)})")
-        samples = _TrainClasses(str(folder), self.classes).samples
-        found = {label for _, label in samples}
+        listed = _image_folder(folder, self.classes)
+        found = {label for _, label in listed.samples}
         for name in _class_folders(folder):
             if self.classes.index(name) not in found:
                 raise DataError(f"{folder / name}: empty class: no images ({', '.join(IMG_EXTENSIONS)})")
-        if not samples:
+        if not listed.samples:
             raise DataError(f"{folder}: no class folders with images")
-        return samples
+        return listed
 
     def _training_format(self) -> tuple[str, tuple[str, tuple[int, int]]]:
         """Grayscale when every training image is, else RGB; and one training image's size, which every image of
         every split must have unless train.image_size resizes them. Read from the files' headers."""
         if self._reference is None:
-            headers = [(path, *_header(Path(path))) for path, _ in self._samples(TRAIN)]
+            headers = [(path, *_header(Path(path))) for path, _ in self._listed(TRAIN).samples]
             mode = "L" if all(header[1] in GRAYSCALE_MODES for header in headers) else "RGB"
             self._reference = (mode, (headers[0][0], headers[0][2]))
         return self._reference
@@ -135,15 +137,15 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
 
-def _TrainClasses(root: str, classes: tuple[str, ...]) -> Any:  # noqa: N802 (a class built on first use)
-    """ImageFolder over `root` labelled by the training split's classes (its find_classes would list root's own)."""
+def _image_folder(root: Path, classes: tuple[str, ...]) -> Any:
+    """ImageFolder over `root` labelled by the training split's classes (its own find_classes would list root's)."""
     from torchvision.datasets import ImageFolder
 
     class TrainClasses(ImageFolder):
         def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
             return list(classes), {name: index for index, name in enumerate(classes)}
 
-    return TrainClasses(root, loader=_open, allow_empty=True)
+    return TrainClasses(str(root), loader=_open, allow_empty=True)
 
 
 def _open(path: Path | str) -> Any:
