@@ -116,7 +116,7 @@ def test_a_folder_without_class_folders_or_a_test_split_is_an_error(tmp_path: Pa
     _folder(root, splits=("train",))
     with pytest.raises(DataError, match=r"pets/test: missing"):
         classification.load_test(root, "pets")
-    with pytest.raises(DataError, match=r"neither an image folder .* nor the fetched fashion_mnist"):
+    with pytest.raises(DataError, match=r"FashionMNIST/raw: missing; run the fetch .* or give the model an image"):
         classification.load_test(tmp_path / "nothing", "fashion_mnist")
 
 

@@ -73,8 +73,8 @@ def _read_idx(path: Path) -> torch.Tensor:
 def load_split(raw_root: Path, dataset: str, train: bool) -> LabelledImages:
     folder = raw_root / DATASETS[dataset].folder / "raw"
     if not folder.parent.is_dir():
-        raise DataError(f"{raw_root}: neither an image folder ({TRAIN}/<class>/<image>) nor the fetched {dataset} "
-                        f"({folder}); run the fetch stage first (dvc repro fetch)")
+        raise DataError(f"{folder}: missing; run the fetch stage first (dvc repro fetch), or give the model an "
+                        f"image folder ({TRAIN}/<class>/<image>) as data")
     prefix = "train" if train else "t10k"
     images = _read_idx(folder / f"{prefix}-images-idx3-ubyte")
     labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte")

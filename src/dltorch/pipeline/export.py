@@ -128,7 +128,6 @@ def quantize(subject: Subject, paths: ExportPaths, spec: ExportConfig) -> None:
     """INT8 at paths.int8: dynamic, or static QDQ calibrated on a sample of the training split."""
     calibration = _calibration_set(subject, paths.data, spec.calibration_size) if spec.quantize == "static" else None
     quantize_onnx(paths.onnx, paths.int8, spec.quantize, calibration, spec.reduce_range)
-    write_metadata(paths.int8, model_metadata(subject.bundle))
 
 
 def model_metadata(bundle: ModelBundle) -> dict[str, str]:
