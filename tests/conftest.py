@@ -93,6 +93,18 @@ def synthetic_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def folders_root(tmp_path: Path, raw_root: Path) -> Path:
+    """data/ as after the folders stage on the tiny IDX set (<root>/folders/fashion_mnist/{train,test}/<class>/),
+    8 training and 1 test image per class."""
+    from dltorch.config import FoldersConfig
+    from dltorch.data.folders import write_image_folders
+
+    config = FoldersConfig(train_per_class=8, test_per_class=1)
+    write_image_folders(raw_root, "fashion_mnist", config, tmp_path / "data" / "folders" / "fashion_mnist")
+    return tmp_path / "data"
+
+
+@pytest.fixture
 def tiny_params() -> Params:
     return parse_params(tiny_params_dict())
 

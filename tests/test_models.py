@@ -75,8 +75,9 @@ def _shrunk(name: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(REPO_PARAMS.models))
 def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Path, raw_root: Path, synthetic_root,
-                                                            mlflow_store):
+                                                            folders_root, mlflow_store):
     params = parse_params(_shrunk(name))
+    assert synthetic_root == folders_root  # both stages' outputs under one data/
     data = raw_root if params.model(name).data == "raw" else synthetic_root / params.model(name).data
     model_dir = tmp_path / name
     history = train(params, name, data, model_dir)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dltorch.bundle import build_model
 from dltorch.cli import main
-from dltorch.export import export_onnx, onnx_session, run_onnx
+from dltorch.export import CLASSES_KEY, export_onnx, onnx_session, run_onnx, write_metadata
 from dltorch.predict import load_image, softmax
 from dltorch.tasks import classification
 from tests.conftest import REPO, tiny_params_dict
@@ -29,6 +29,7 @@ def setup(tmp_path: Path, raw_root: Path, monkeypatch: pytest.MonkeyPatch) -> di
     model = build_model("mlp", {"hidden": [16]}, "classification", classification.model_inputs(train, "fashion_mnist"))
     onnx_path = tmp_path / "models" / "mlp" / "model.onnx"
     export_onnx(model, (1, 28, 28), onnx_path, 18, "pixels", "logits")
+    write_metadata(onnx_path, {CLASSES_KEY: json.dumps(list(train.classes))})  # as the export stage writes it
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
     monkeypatch.chdir(tmp_path)
     return {"onnx": onnx_path, "test": classification.load_test(raw_root, "fashion_mnist")}

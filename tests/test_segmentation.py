@@ -134,8 +134,7 @@ def test_dice_iou_and_pixel_accuracy_on_hand_made_masks():
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"image_size": [40, 32]}, "params.yaml: models.unet.train.image_size: height and width must be multiples "
-                                   "of 16, not [40, 32]"),
+        ({"image_size": [40, 32]}, "train.image_size: height and width must be multiples of 16, not [40, 32]"),
         ({"image_size": None}, "models.unet: train.image_size: required for task segmentation"),
         ({"loss": "cross_entropy"}, "train.loss: 'cross_entropy' is not a segmentation loss; known: bce, bce_dice"),
         ({"augment": {"crop_padding": 2}}, "train.augment.crop_padding: only task classification crops"),

@@ -83,7 +83,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _predict(args: argparse.Namespace) -> int:
     from dltorch.config import load_params
-    from dltorch.data.datasets import CLASSES
     from dltorch.predict import Predictor
 
     params = load_params(args.params)
@@ -94,7 +93,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise DltorchError(f"--top-k: must be at least 1, got {args.top_k}")
     onnx_path = args.onnx or ModelFiles.of(args.model).onnx
-    predictor = Predictor(onnx_path, CLASSES[params.fetch.dataset], args.invert)
+    predictor = Predictor(onnx_path, args.invert)
     results, failed = [], 0
     for path in args.images:
         try:

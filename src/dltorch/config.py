@@ -22,6 +22,7 @@ ENGINE = "engine"
 SetName = Literal["line", "line_small_noise", "quadratic", "parabola", "dropout_points", "adagrad_line"]
 BETTER = {"max": "higher", "min": "lower"}
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the others have no momentum argument: a momentum would be ignored
+FETCHED_DIR = "raw"  # a model reading the fetched image set has data: raw
 SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
 FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
 # A UNet of up to four levels halves each side four times: sides must be multiples of this.
@@ -141,6 +142,14 @@ class SynthConfig(Strict):
         return f"{SYNTHETIC_DIR}/{name}" if name in FOLDER_SETS else f"{SYNTHETIC_DIR}/{name}.csv"
 
 
+class FoldersConfig(Strict):
+    """The folders stage: the fetched image set as an image folder of PNG files (data/folders.py), a few images
+    per class, so the image-folder path of the classification reader runs end to end."""
+
+    train_per_class: int = Field(100, ge=1)
+    test_per_class: int = Field(20, ge=1)
+
+
 class MlflowConfig(Strict):
     experiment: str = Field("dltorch", min_length=1)
 
@@ -186,8 +195,16 @@ class TrainConfig(Strict):
     # epochs: each epoch cuts one permutation into batches (every row once). fresh_batches: every step draws a new
     # random batch, as the course's mini-batch lesson does with next(iter(a shuffled DataLoader)).
     sampling: Literal["epochs", "fresh_batches"] = "epochs"
-    # Segmentation: every image and mask is resized to (height, width), multiples of 16, to train and evaluate.
+    # Every image (segmentation: and mask) is resized to (height, width) to train and evaluate. Segmentation:
+    # required, multiples of 16; classification: only an image folder's images (without it they must be of one size).
     image_size: tuple[int, int] | None = None
+    # Weights to start from (relative to the repository root): a state_dict, or a dict holding one under "model" or
+    # "state_dict" (torchvision's references, dltorch's checkpoints and bundles). See bundle.load_initial_weights.
+    # Its digest is part of the checkpoint fingerprint; DVC cannot depend on it (dvc.yaml's deps are every model's).
+    init_from: Path | None = None
+    # true: the file and the architecture have exactly the same keys; false: the keys they share are loaded and
+    # the others listed. Either way a shared key of another shape is an error.
+    init_from_strict: bool = True
 
     @field_validator("loss")
     @classmethod
@@ -202,9 +219,9 @@ class TrainConfig(Strict):
 
     @field_validator("image_size")
     @classmethod
-    def _sides_divide(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
-        if size is not None and any(side < SIDE_MULTIPLE or side % SIDE_MULTIPLE for side in size):
-            raise ValueError(f"height and width must be multiples of {SIDE_MULTIPLE}, not {list(size)}")
+    def _positive_sides(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        if size is not None and min(size) < 1:
+            raise ValueError(f"height and width must be positive, not {list(size)}")
         return size
 
     @model_validator(mode="after")
@@ -218,6 +235,8 @@ class TrainConfig(Strict):
                              "processes at least one sample")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs: must be less than epochs ({self.epochs})")
+        if not self.init_from_strict and self.init_from is None:
+            raise ValueError("init_from_strict: there is no init_from file to load")
         self._nothing_ignored()
         return self
 
@@ -382,11 +401,19 @@ class ModelConfig(Strict):
     def _task_settings(self) -> None:
         """Settings that only one task reads are errors elsewhere, rather than silently ignored."""
         augment, segmentation = self.train.augment, self.task == "segmentation"
-        if segmentation and self.train.image_size is None:
+        size = self.train.image_size
+        if segmentation and size is None:
             raise ValueError("train.image_size: required for task segmentation: [height, width], multiples of "
                              f"{SIDE_MULTIPLE}")
-        if not segmentation and self.train.image_size is not None:
-            raise ValueError(f"train.image_size: only task segmentation resizes images, not {self.task}")
+        if segmentation and any(side < SIDE_MULTIPLE or side % SIDE_MULTIPLE for side in size):  # a UNet's levels
+            raise ValueError(f"train.image_size: height and width must be multiples of {SIDE_MULTIPLE}, not "
+                             f"{list(size)}")
+        if size is not None and self.task == "classification" and self.data == FETCHED_DIR:
+            raise ValueError(f"train.image_size: the fetched image set (data: {FETCHED_DIR}) is read as it is; only "
+                             "an image folder's images are resized")
+        if size is not None and self.task not in ("segmentation", "classification"):
+            raise ValueError(f"train.image_size: only tasks segmentation and classification resize images, "
+                             f"not {self.task}")
         for key in ("vflip", "rotate_limit"):
             if getattr(augment, key) and not segmentation:
                 raise ValueError(f"train.augment.{key}: only task segmentation augments this way, not {self.task}")
@@ -440,6 +467,8 @@ class StudyConfig(Strict):
             train = TrainConfig.model_validate({**self.train.model_dump(), **override.train})
         except ValidationError as exc:
             raise ValueError("; ".join(f"variants.{name}.train.{_describe(e)}" for e in exc.errors())) from None
+        if train.init_from is not None:
+            raise ValueError(f"variants.{name}.train.init_from: a study's variants start from fresh weights")
         if train.loss not in _task("regression").losses:
             raise ValueError(f"variants.{name}.train.loss: a study fits a regression; use 'mse'")
         return arch, args, train
@@ -448,6 +477,7 @@ class StudyConfig(Strict):
 class Params(Strict):
     fetch: FetchConfig = FetchConfig()
     synth: SynthConfig = SynthConfig()
+    folders: FoldersConfig = FoldersConfig()
     mlflow: MlflowConfig = MlflowConfig()
     registry: dict[str, RegistryRule] = Field(default_factory=default_registry)
     models: dict[str, ModelConfig]
@@ -517,9 +547,9 @@ class Params(Strict):
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    schemas = (FetchConfig, SynthConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig, ShapesConfig,
-               MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, GateConfig, RegistryRule,
-               ModelConfig, VariantConfig, StudyConfig, Params)
+    schemas = (FetchConfig, SynthConfig, FoldersConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig,
+               ShapesConfig, MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, GateConfig,
+               RegistryRule, ModelConfig, VariantConfig, StudyConfig, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names
@@ -565,14 +595,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(_read_yaml(path), source=str(path))
 
 
-def load_section(path: str | Path, section: Literal["fetch", "synth"]) -> FetchConfig | SynthConfig:
+def load_section(path: str | Path,
+                 section: Literal["fetch", "synth", "folders"]) -> FetchConfig | SynthConfig | FoldersConfig:
     """One section, validated alone, for the stages that read nothing else (dvc.yaml gives them only it as params):
     they need not load the model zoo and torch to check `models`."""
     path = Path(path)
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: not a mapping of sections")
-    schema = {"fetch": FetchConfig, "synth": SynthConfig}[section]
+    schema = {"fetch": FetchConfig, "synth": SynthConfig, "folders": FoldersConfig}[section]
     try:
         return schema.model_validate(raw.get(section) or {})
     except ValidationError as exc:

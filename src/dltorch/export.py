@@ -20,6 +20,8 @@ from dltorch.io import atomic_path
 TaskChecks = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[dict[str, dict], dict[str, Any]]]
 
 EXAMPLE_BATCH = 4
+# The ONNX metadata_props key of a classifier's class names (a JSON list, index i naming output i).
+CLASSES_KEY = "dltorch.classes"
 # A second batch size, unlike both the example's and the bulk run's, catches shapes baked into the graph.
 ODD_BATCH = 7
 # Which input axes stay dynamic, as {axis: (name, multiple)}; every task's graph has a dynamic batch. A multiple
@@ -50,6 +52,22 @@ def export_onnx(
         program.save(str(tmp), external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
         _require_dynamic(onnx.load(str(tmp)), path, dynamic_axes)
+
+
+def write_metadata(path: Path, props: dict[str, str]) -> None:
+    """Set the ONNX file's metadata_props (what a runtime reads from the file alone, e.g. its class names)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def read_metadata(session: Any) -> dict[str, str]:
+    """An onnxruntime session's metadata_props."""
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def _require_dynamic(proto: Any, path: Path, dynamic_axes: dict[int, tuple[str, int]]) -> None:

@@ -10,6 +10,7 @@ already of the input size (one of the dataset's own) is only inverted if need be
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def _class_names(session: Any, onnx_path: Path) -> list[str]:
+    """The class names export wrote into the file (the training data's: folder names, or the fetched set's)."""
+    from dltorch.export import CLASSES_KEY, read_metadata
+
+    names = read_metadata(session).get(CLASSES_KEY)
+    if names is None:
+        raise CheckpointError(f"{onnx_path}: no class names in its metadata ({CLASSES_KEY}); export it again "
+                              "(dvc repro export@<model>)")
+    return json.loads(names)
+
+
 class Predictor:
     """An onnxruntime session on one ONNX file; the input size and channels come from the graph itself."""
 
-    def __init__(self, onnx_path: Path, classes: list[str], invert: str = "auto") -> None:
+    def __init__(self, onnx_path: Path, invert: str = "auto") -> None:
         from dltorch.export import onnx_session
 
         if not onnx_path.is_file():
@@ -110,7 +122,7 @@ class Predictor:
                                   f"{spec.shape}, not (batch, channels, height, width)")
         self.input_name = spec.name
         self.channels, self.height, self.width = spec.shape[1:]
-        self.classes, self.invert = classes, invert
+        self.classes, self.invert = _class_names(self.session, onnx_path), invert
 
     def logits(self, paths: list[Path]) -> np.ndarray:
         batch = np.stack([load_image(path, (self.height, self.width), self.channels, self.invert) for path in paths])

@@ -7,6 +7,7 @@ load_subject -> export_checked -> log_servable -> quantize -> score_int8 -> regi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from dltorch.data.streamed import StreamedData
 from dltorch.data.tensors import TensorData
 from dltorch.errors import CheckpointError, ParamsError
 from dltorch.export import (
+    CLASSES_KEY,
     assert_parity,
     check_parity,
     export_onnx,
@@ -27,6 +29,7 @@ from dltorch.export import (
     onnx_session,
     quantize_onnx,
     run_onnx,
+    write_metadata,
 )
 from dltorch.io import atomic_path, read_json, write_json
 from dltorch.layout import DEPLOY_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, PARITY_FILE, RUN_FILE
@@ -102,6 +105,7 @@ def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run
     with atomic_path(paths.onnx) as candidate:
         export_onnx(subject.model, tuple(subject.bundle.inputs["in_shape"]), candidate, spec.opset, task.input_name,
                     task.output_name, task.dynamic_axes)
+        write_metadata(candidate, model_metadata(subject.bundle))
         report = {"model": subject.bundle.name, "opset": spec.opset, **check_parity(
             candidate, subject.model, test.inputs, test.targets, spec.atol, spec.batch_size, task.parity_checks,
             other_shape=task.other_shape(test) if task.other_shape else None)}
@@ -124,6 +128,14 @@ def quantize(subject: Subject, paths: ExportPaths, spec: ExportConfig) -> None:
     """INT8 at paths.int8: dynamic, or static QDQ calibrated on a sample of the training split."""
     calibration = _calibration_set(subject, paths.data, spec.calibration_size) if spec.quantize == "static" else None
     quantize_onnx(paths.onnx, paths.int8, spec.quantize, calibration, spec.reduce_range)
+
+
+def model_metadata(bundle: ModelBundle) -> dict[str, str]:
+    """What the ONNX file says about itself: the model, its task and data, and a classifier's class names."""
+    props = {"dltorch.model": bundle.name, "dltorch.task": bundle.task, "dltorch.dataset": bundle.dataset}
+    if "classes" in bundle.inputs:
+        props[CLASSES_KEY] = json.dumps(bundle.inputs["classes"])
+    return props
 
 
 def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: RegistryRule) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from dltorch import engine
-from dltorch.bundle import ModelBundle, build_model, save_model
+from dltorch.bundle import InitialWeights, ModelBundle, build_model, save_model
 from dltorch.config import ModelConfig, Params
 from dltorch.data.streamed import StreamedData
 from dltorch.data.tensors import TensorData
@@ -27,12 +27,20 @@ TRAINING_KEYS = ("arch", "task", "data", "train")  # not `export`: exporting dif
 def _fingerprint(cfg: ModelConfig, dataset: str, train_data: engine.TrainData, val_data: TensorData | None) -> str:
     """Identifies what a checkpoint was trained on, so other params or data start training afresh: the resolved
     config (the architecture's default arguments written out, so a changed default counts too) and a digest of
-    every byte training read, inputs and targets of both splits (the validation split picks the best epoch)."""
+    every byte training read, inputs and targets of both splits (the validation split picks the best epoch), and
+    of the init_from weights file (its path alone would miss a file rewritten in place)."""
     config = cfg.model_dump(mode="json")
     trained_on = {key: config[key] for key in TRAINING_KEYS} | {"args": validate_args(cfg.arch, cfg.args)}
+    init_from = cfg.train.init_from
     payload = json.dumps({"config": trained_on, "dataset": dataset, "train": _digest(train_data),
-                          "val": _digest(val_data)}, sort_keys=True, default=str)
+                          "val": _digest(val_data), "init_from": _file_digest(init_from) if init_from else None},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _digest(data: engine.TrainData | None) -> str | None:
@@ -57,7 +65,8 @@ def train(params: Params, name: str, data: Path, out_dir: Path, writes: bool = T
                                                settings=cfg.train)
     inputs = task.model_inputs(train_data, dataset)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.arch, cfg.args, cfg.task, inputs)
+    init = InitialWeights(cfg.train.init_from, cfg.train.init_from_strict) if cfg.train.init_from else None
+    model = build_model(cfg.arch, cfg.args, cfg.task, inputs, init)
     config = cfg.model_dump(mode="json")
     fingerprint = _fingerprint(cfg, dataset, train_data, val_data)
     checkpoint = out_dir / CHECKPOINT_FILE

@@ -11,9 +11,8 @@ from torch import nn
 
 from dltorch import plots
 from dltorch.config import TrainConfig
-from dltorch.data.classification import channel_stats, load_split
-from dltorch.data.datasets import CLASSES
-from dltorch.data.tensors import TensorData, split_validation
+from dltorch.data import classification as images
+from dltorch.data.classification import LabelledImages, channel_stats
 from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
@@ -37,22 +36,25 @@ def wrap(net: nn.Module, inputs: dict) -> nn.Module:
 
 
 def dataset_name(data: Path, fetched: str) -> str:
-    return fetched  # the image set the fetch stage put under data
+    """The image set the fetch stage put under data, or an image folder's name."""
+    return data.name if images.is_image_folder(data) else fetched
 
 
 def load_train_val(data: Path, dataset: str, val_size: int, seed: int,
-                   settings: TrainConfig | None = None) -> tuple[TensorData, TensorData | None]:
-    return split_validation(load_split(data, dataset, train=True), val_size, seed)
+                   settings: TrainConfig | None = None) -> tuple[LabelledImages, LabelledImages | None]:
+    return images.load_train_val(data, dataset, val_size, seed, settings.image_size if settings else None)
 
 
-def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> TensorData:
-    return load_split(data, dataset, train=False)
+def load_test(data: Path, dataset: str, settings: TrainConfig | None = None) -> LabelledImages:
+    return images.load_test(data, dataset, settings.image_size if settings else None)
 
 
-def model_inputs(train: TensorData, dataset: str) -> dict:
-    """What the task tells the architecture builder and the normalization layer."""
+def model_inputs(train: LabelledImages, dataset: str) -> dict:
+    """What the task tells the architecture builder and the normalization layer, and the class names the data
+    gave (the bundle keeps them; export writes them into the ONNX file for `dltorch predict`)."""
     mean, std = channel_stats(train)
-    return {"in_shape": tuple(train.inputs.shape[1:]), "num_outputs": len(CLASSES[dataset]), "mean": mean, "std": std}
+    return {"in_shape": tuple(train.inputs.shape[1:]), "num_outputs": len(train.classes), "mean": mean, "std": std,
+            "classes": list(train.classes)}
 
 
 def mse_onehot(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -65,9 +67,8 @@ def batch_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, floa
     return {"accuracy": (outputs.argmax(1) == targets).sum().item()}
 
 
-def summarize(logits: torch.Tensor, targets: torch.Tensor, loss: float, dataset: str) -> dict:
+def summarize(logits: torch.Tensor, targets: torch.Tensor, loss: float, classes: tuple[str, ...]) -> dict:
     """Test metrics: accuracy, loss, per-class accuracy and the confusion matrix (rows: true class)."""
-    classes = CLASSES[dataset]
     predicted = logits.argmax(1)
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((targets, predicted), torch.ones_like(targets), accumulate=True)
@@ -95,8 +96,8 @@ def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray)
 def report(run: Evaluation) -> tuple[dict, list[Path]]:
     """Test metrics, the figures, and a per-image CSV for `dvc plots`' confusion template."""
     test, name, out_dir = run.test, run.name, run.out_dir
-    summary = summarize(run.outputs, test.targets, run.loss, run.dataset)
-    classes = CLASSES[run.dataset]
+    classes = list(test.classes)  # the training split's: test labels are indices into them
+    summary = summarize(run.outputs, test.targets, run.loss, test.classes)
     predicted = run.outputs.argmax(1)
     shown = slice(0, GRID_SIZE)
     figures = [
