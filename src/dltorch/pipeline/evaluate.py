@@ -32,7 +32,7 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
     history = read_json(model_dir / HISTORY_FILE)
     report, figures = task.report(Evaluation(model, outputs, test, loss, data, bundle.dataset, bundle.name,
-                                             history, out_dir))
+                                             history, out_dir, bundle.config))
     metrics, details = split_report(report, task, history)
     if gate is not None:
         details["gate"] = judge(metrics, gate)

@@ -34,6 +34,7 @@ class Evaluation:
     name: str
     history: list[dict[str, Any]]
     out_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)  # the model's params entry (a task may train a baseline)
 
 
 def _data_stem(data: Path, fetched: str) -> str:
