@@ -2,11 +2,11 @@
 inputs (1, N, F + N) the node features beside the dense adjacency, its targets (1, N) one split's labels and -1
 elsewhere (data/node_classification.py). Cross-entropy and accuracy count only the labelled nodes.
 
-Evaluate also trains the baseline, the features-only twin (node_mlp: the same widths, dropout and training
-settings, on the same train and validation nodes, without edges), and reports the model's margin over it: the
-graph is used when the margin is large. It is trained there rather than read from the `mlp_*` model's
+Evaluate also trains the baseline (Task.baseline), the features-only twin (node_mlp: the same widths, dropout and
+training settings, on the same train and validation nodes, without edges), and reports the model's margin over it:
+the graph is used when the margin is large. It is trained there rather than read from the `mlp_*` model's
 metrics.json because dvc.yaml's evaluate stage is one template for every model and cannot depend on another
-model's outputs; with the same settings it is the same model as `mlp_sbm` (seeded, CPU), hence the same number.
+model's outputs; with the same settings it is the same model as `mlp_sbm` (seeded), hence the same number.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dltorch import plots
 from dltorch.config import TrainConfig
@@ -28,7 +27,7 @@ from dltorch.io import write_csv
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
 GOAL_MARGIN = 0.10  # test accuracy points over the features-only baseline
-BASELINE_ARCH = "node_mlp"
+BASELINE_ARCH = "node_mlp"  # evaluate trains it beside every model (Task.baseline), with the model's args
 
 
 def load_train_val(data: Path, dataset: str, val_size: int, seed: int,
@@ -102,27 +101,10 @@ def other_shape(test: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
     return graphs.pack(test.inputs[0, keep, :features], adj), test.targets[:, keep]
 
 
-def train_baseline(run: Evaluation) -> nn.Module:
-    """The features-only twin of the evaluated model, trained by the engine as the model was (no checkpoint)."""
-    from dltorch import engine
-    from dltorch.models import create
-
-    settings = TrainConfig.model_validate(run.config["train"])
-    train, val = load_train_val(run.data, run.dataset, settings.val_size, settings.seed, settings)
-    inputs = model_inputs(train, run.dataset)
-    torch.manual_seed(settings.seed)
-    baseline = create(BASELINE_ARCH, run.config["args"], **inputs)
-    objective = engine.Objective(TASK.make_loss(settings.loss, settings.label_smoothing), batch_scores, TASK.monitor)
-    engine.fit(baseline, objective, train, val, settings.model_copy(update={"device": "cpu"}), None)
-    return baseline.eval()
-
-
 def report(run: Evaluation) -> tuple[dict, list[Path]]:
     """Test-node accuracy and loss, the baseline's accuracy and the margin over it, the goal; the figures."""
     test, name, out_dir = run.test, run.name, run.out_dir
-    twin = train_baseline(run)
-    with torch.no_grad():
-        baseline = twin(test.inputs)
+    baseline = run.baseline
     accuracy, baseline_accuracy = node_accuracy(run.outputs, test.targets).item(), \
         node_accuracy(baseline, test.targets).item()
     labelled = test.targets[0] != graphs.IGNORED
@@ -170,4 +152,5 @@ TASK = register_task(Task(
     losses={"cross_entropy": node_cross_entropy},
     load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,
     parity_checks=parity_checks, onnx_metrics=onnx_metrics, report=report, other_shape=other_shape,
+    baseline=BASELINE_ARCH,
 ))
