@@ -13,7 +13,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score
 
-from dltorch.bundle import load_model
+from dltorch import engine
+from dltorch.bundle import build_model, load_model
 from dltorch.config import SBMConfig, parse_params
 from dltorch.data import node_classification as graphs
 from dltorch.errors import DataError, ParamsError
@@ -23,7 +24,7 @@ from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.train import train
 from dltorch.tasks import node_classification as task
 from tests.conftest import TINY_SBM
-from tests.helpers import export_trained
+from tests.helpers import assert_same_weights, export_trained, interrupt_and_resume
 
 TINY = SBMConfig(**TINY_SBM)
 # Big enough to measure edge densities: 3 x 150 nodes, so 33,525 within-block and 67,500 cross-block node pairs.
@@ -158,6 +159,28 @@ def test_val_size_takes_that_many_of_the_graphs_validation_nodes(tmp_path: Path)
     assert torch.equal(train_data.inputs, val.inputs)  # the same graph; only the labelled nodes differ
     with pytest.raises(DataError, match="val_size 11: .* has only 10 validation nodes"):
         task.load_train_val(path, "sbm", 11, seed=0)
+
+
+def test_an_interrupted_gcn_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path: Path):
+    """Dropout draws from torch's generator every epoch: the checkpoint's RNG state makes the resumed run exact."""
+    path = tmp_path / "sbm.npz"
+    graphs.write(graphs.generate_sbm(TINY), path)
+    cfg = parse_params(_graph_params(epochs=3)).model("gcn_sbm").train
+
+    def fit(checkpoint: Path, on_epoch=None, resume=None):
+        train_data, val = task.load_train_val(path, "sbm", cfg.val_size, cfg.seed)
+        torch.manual_seed(0)
+        model = build_model("gcn", {"hidden": [8], "dropout": 0.5}, "node_classification",
+                            task.model_inputs(train_data, "sbm"))
+        objective = engine.Objective(task.TASK.make_loss(cfg.loss), task.batch_scores, task.TASK.monitor)
+        history = engine.fit(model, objective, train_data, val, cfg, engine.CheckpointSpec(checkpoint, "fp", resume),
+                             on_epoch)
+        return model, history
+
+    run = interrupt_and_resume(fit, tmp_path)
+    assert [row["epoch"] for row in run.history] == [1, 2, 3]
+    assert run.history[-1]["train_loss"] == run.full_history[-1]["train_loss"]
+    assert_same_weights(run.uninterrupted, run.resumed)
 
 
 def _graph_params(epochs: int = 60) -> dict:
