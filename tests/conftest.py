@@ -79,16 +79,20 @@ def tiny_params_dict(**train_overrides) -> dict:
 TINY_SEQUENCES = {"seed": 0, "count": 12, "length": 40, "noise": 0.05, "window": 16, "horizon": 4, "val_count": 2,
                   "test_count": 2, "moving_average": 4}
 TINY_SHAPES = {"seed": 0, "count": 24, "size": 32, "val_count": 8}
+TINY_SBM = {"seed": 0, "classes": 3, "nodes_per_class": 20, "p_in": 0.3, "p_out": 0.02, "features": 8, "signal": 1.0,
+            "noise": 1.5, "train_per_class": 3, "val_size": 10}
 
 
 @pytest.fixture
 def synthetic_root(tmp_path: Path) -> Path:
-    """data/ as after the synth stage with the course's default sets (<root>/synthetic/<set>.csv), and tiny
-    sequences and shapes sets (<root>/synthetic/sequences/, <root>/synthetic/shapes/)."""
+    """data/ as after the synth stage with the course's default sets (<root>/synthetic/<set>.csv), tiny
+    sequences and shapes sets (<root>/synthetic/sequences/, <root>/synthetic/shapes/), a tiny SBM graph and the
+    karate club (<root>/synthetic/sbm.npz, karate.npz)."""
     from dltorch.config import SynthConfig
     from dltorch.data.synth import write_sets
 
-    write_sets(SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES), tmp_path / "data" / "synthetic")
+    write_sets(SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES, sbm=TINY_SBM),
+               tmp_path / "data" / "synthetic")
     return tmp_path / "data"
 
 

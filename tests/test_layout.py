@@ -45,3 +45,15 @@ def test_export_writes_its_files_where_layout_says_and_keeps_audit_reports_out_o
         assert f"{flag} {path}" in stage["cmd"], flag
     assert {str(FOLDER.onnx), str(FOLDER.int8), str(FOLDER.parity), str(FOLDER.deploy)} == _paths(stage["outs"])
     assert "metrics" not in stage  # parity and deploy are audit detail: `dltorch results` summarizes them
+
+
+def test_every_model_writes_out_each_params_key_dvc_tracks():
+    """DVC refuses a stage whose tracked params key is absent (`gate` defaults to None in config.py, but `dvc repro`
+    stops with 'Parameters models.<name>.gate are missing'): every model entry must spell each one out."""
+    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
+    for stage in ("train", "evaluate", "export"):
+        tracked = [key.removeprefix("models.${key}.") for key in _stage(stage)["params"]
+                   if key.startswith("models.${key}.")]
+        for name, entry in models.items():
+            missing = [key for key in tracked if key not in entry]
+            assert not missing, f"params.yaml: models.{name}: no {', '.join(missing)}, which {stage}@{name} tracks"

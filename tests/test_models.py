@@ -22,7 +22,9 @@ REPO_PARAMS = load_params(REPO / "params.yaml")
 
 # What each architecture reads and writes: (in_shape, num_outputs, output shape for a batch of 3). The UNet gets
 # 28x28, not a multiple of 16, so its up path has to resize to meet the skips.
-SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28))}
+# A node classifier reads graphs of 10 nodes with 4 features each beside the adjacency: (10, 4 + 10).
+SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28)),
+          "gcn": ((10, 14), 3, (3, 10, 3)), "node_mlp": ((10, 14), 3, (3, 10, 3))}
 IMAGE_CLASSIFIER = ((1, 28, 28), 10, (3, 10))
 
 
@@ -40,7 +42,7 @@ def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
 def test_registry_rejects_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="registered twice"):
         register_model(get("mlp"))
-    with pytest.raises(ValueError, match="known: lenet5, lstm, mlp, resnet, unet, vit"):
+    with pytest.raises(ValueError, match="known: gcn, lenet5, lstm, mlp, node_mlp, resnet, unet, vit"):
         get("alexnet")
 
 

@@ -17,11 +17,11 @@ from dltorch.config import SynthConfig, parse_params
 from dltorch.data.regression import GENERATORS, generate, read_set
 from dltorch.data.synth import write_sets
 from dltorch.errors import DataError, ParamsError
-from tests.conftest import REPO, TINY_SEQUENCES, TINY_SHAPES, tiny_params_dict
+from tests.conftest import REPO, TINY_SBM, TINY_SEQUENCES, TINY_SHAPES, tiny_params_dict
 
-# The defaults are the course's recipes; the sequences and shapes sets shrink to keep the tests fast (their own
+# The defaults are the course's recipes; the sequences, shapes and SBM sets shrink to keep the tests fast (their own
 # tests are in test_sequence.py and test_segmentation.py).
-COURSE = SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES)
+COURSE = SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES, sbm=TINY_SBM)
 
 
 def _sha256(folder: Path) -> dict[str, str]:
@@ -34,7 +34,7 @@ def test_same_params_give_byte_identical_files(tmp_path: Path):
     assert first == second
     assert _sha256(tmp_path / "a") == _sha256(tmp_path / "b") == {f"{n}.csv": d for n, d in first.items()
                                                                   if n in GENERATORS}
-    assert len(first) == 8  # the course's six CSV sets, sequences and shapes
+    assert len(first) == 10  # the course's six CSV sets, sequences, shapes and the two graphs
 
 
 @pytest.mark.parametrize("name", list(GENERATORS))

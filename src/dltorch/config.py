@@ -25,6 +25,7 @@ MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the others have no momentum argument
 FETCHED_DIR = "raw"  # a model reading the fetched image set has data: raw
 SYNTHETIC_DIR = "synthetic"  # models read a synthetic set as data: synthetic/<set>.csv, or synthetic/<set>/
 FOLDER_SETS = ("sequences", "shapes")  # sets written as a folder of files rather than one CSV
+GRAPH_SETS = ("sbm", "karate")  # graphs for node classification, each one .npz file (data/node_classification.py)
 # A UNet of up to four levels halves each side four times: sides must be multiples of this.
 SIDE_MULTIPLE = 16
 # The ONNX opsets an export may ask for: torch.onnx builds at 18 and up; 23 is the newest onnxruntime here runs.
@@ -122,6 +123,38 @@ class ShapesConfig(Strict):
         return self
 
 
+class NodeSplitConfig(Strict):
+    """How a graph's nodes split: train_per_class labelled nodes of each class train, val_size more validate,
+    every other node tests; drawn with `seed`."""
+
+    seed: int = Field(ge=0)
+    train_per_class: int = Field(ge=1)
+    val_size: int = Field(ge=1)
+
+
+class SBMConfig(NodeSplitConfig):
+    """A stochastic block model graph (data/node_classification.py): `classes` blocks of `nodes_per_class` nodes, an
+    edge inside a block with probability p_in, between blocks with p_out. A node's features are its class's mean
+    (a random unit vector times `signal`) plus Gaussian noise of std `noise`: weakly informative on their own."""
+
+    classes: int = Field(ge=2)
+    nodes_per_class: int = Field(ge=2)
+    p_in: float = Field(ge=0, le=1)
+    p_out: float = Field(ge=0, le=1)
+    features: int = Field(ge=1)
+    signal: float = Field(ge=0)
+    noise: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> SBMConfig:
+        if self.train_per_class >= self.nodes_per_class:
+            raise ValueError(f"train_per_class: {self.train_per_class} leaves no other nodes of a class of "
+                             f"{self.nodes_per_class}")
+        if self.classes * self.train_per_class + self.val_size >= self.classes * self.nodes_per_class:
+            raise ValueError(f"val_size: {self.val_size} leaves no test nodes")
+        return self
+
+
 class SynthConfig(Strict):
     """Every synthetic set; the defaults are the course's recipes (and, for sequences and shapes, params.yaml's)."""
 
@@ -135,11 +168,18 @@ class SynthConfig(Strict):
     sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
                                                  val_count=20, test_count=20, moving_average=8)
     shapes: ShapesConfig = ShapesConfig(seed=0, count=800, size=96, val_count=160)
+    sbm: SBMConfig = SBMConfig(seed=0, classes=4, nodes_per_class=250, p_in=0.03, p_out=0.004, features=16,
+                               signal=1.0, noise=1.5, train_per_class=20, val_size=200)
+    # Zachary's karate club as PyG ships it (34 nodes, 4 communities, one-hot node ids as features); only its split
+    # is drawn here.
+    karate: NodeSplitConfig = NodeSplitConfig(seed=0, train_per_class=2, val_size=6)
 
     @staticmethod
     def path(name: str) -> str:
         """Where the synth stage writes set `name`, relative to data/ (a model's `data:`)."""
-        return f"{SYNTHETIC_DIR}/{name}" if name in FOLDER_SETS else f"{SYNTHETIC_DIR}/{name}.csv"
+        if name in FOLDER_SETS:
+            return f"{SYNTHETIC_DIR}/{name}"
+        return f"{SYNTHETIC_DIR}/{name}.npz" if name in GRAPH_SETS else f"{SYNTHETIC_DIR}/{name}.csv"
 
 
 class FoldersConfig(Strict):
@@ -421,7 +461,7 @@ class ModelConfig(Strict):
             raise ValueError("train.sampling: fresh_batches draws from in-memory data; segmentation streams images")
         if augment.crop_padding and self.task != "classification":
             raise ValueError(f"train.augment.crop_padding: only task classification crops, not {self.task}")
-        if augment.hflip and self.task in ("regression", "sequence"):
+        if augment.hflip and self.task in ("regression", "sequence", "node_classification"):
             raise ValueError(f"train.augment.hflip: a {self.task} has nothing to flip")
 
 
@@ -548,8 +588,8 @@ class Params(Strict):
 def _all_field_names() -> set[str]:
     names: set[str] = set()
     schemas = (FetchConfig, SynthConfig, FoldersConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig,
-               ShapesConfig, MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig, ExportConfig, GateConfig,
-               RegistryRule, ModelConfig, VariantConfig, StudyConfig, Params)
+               ShapesConfig, NodeSplitConfig, SBMConfig, MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig,
+               ExportConfig, GateConfig, RegistryRule, ModelConfig, VariantConfig, StudyConfig, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names

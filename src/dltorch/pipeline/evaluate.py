@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dltorch import engine
-from dltorch.bundle import load_model
+from dltorch.bundle import ModelBundle, build_model, load_model
 from dltorch.config import GateConfig, TrainConfig
 from dltorch.errors import QualityGateError
 from dltorch.io import read_json, write_json
@@ -31,8 +33,11 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
     history = read_json(model_dir / HISTORY_FILE)
+    baseline = None
+    if task.baseline is not None:
+        baseline = engine.predict(train_baseline(task, data, bundle), test.inputs, 1000, engine.select_device("cpu"))
     report, figures = task.report(Evaluation(model, outputs, test, loss, data, bundle.dataset, bundle.name,
-                                             history, out_dir))
+                                             history, out_dir, baseline))
     metrics, details = split_report(report, task, history)
     if gate is not None:
         details["gate"] = judge(metrics, gate)
@@ -48,6 +53,19 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
             if not details["gate"]["passed"]:  # inside the run, so MLflow marks it FAILED
                 raise QualityGateError(f"{bundle.name}: {details['gate']['reason']}")
     return metrics
+
+
+def train_baseline(task: Task, data: Path, bundle: ModelBundle) -> torch.nn.Module:
+    """The task's baseline architecture with the model's args, trained as the model was (same data, settings and
+    seed) by the engine, without a checkpoint: it reruns in seconds."""
+    settings = TrainConfig.model_validate(bundle.config["train"])
+    train, val = task.load_train_val(data, bundle.dataset, settings.val_size, settings.seed, settings=settings)
+    torch.manual_seed(settings.seed)
+    baseline = build_model(task.baseline, bundle.args, task.name, task.model_inputs(train, bundle.dataset))
+    objective = engine.Objective(task.make_loss(settings.loss, settings.label_smoothing), task.batch_scores,
+                                 task.monitor)
+    engine.fit(baseline, objective, train, val, settings, None)
+    return baseline.cpu().eval()
 
 
 def split_report(report: dict[str, Any], task: Task, history: list[dict]) -> tuple[dict, dict]:

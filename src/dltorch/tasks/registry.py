@@ -34,6 +34,7 @@ class Evaluation:
     name: str
     history: list[dict[str, Any]]
     out_dir: Path
+    baseline: torch.Tensor | None = None  # the test outputs of the task's baseline model, if it has one
 
 
 def _data_stem(data: Path, fetched: str) -> str:
@@ -73,6 +74,9 @@ class Task:
     other_shape: Callable[[TensorData], tuple[torch.Tensor, torch.Tensor]] | None = None
     # The course's hand-written training loops, by params' train.trainer (only regression has them).
     trainers: dict[str, Callable[[nn.Module, Path, TrainConfig], list[dict[str, Any]]]] = field(default_factory=dict)
+    # An architecture evaluate trains beside the model, with the model's args and train settings on the same data,
+    # as the reference the report compares against (Evaluation.baseline): e.g. a node classifier without the edges.
+    baseline: str | None = None
 
     def make_loss(self, name: str, label_smoothing: float = 0.0) -> Callable[..., Any]:
         if name not in self.losses:
