@@ -79,6 +79,12 @@ class ShuffledSplitSetConfig(SplitSetConfig):
     split_seed: int = Field(ge=0)
 
 
+class BlobsConfig(SplitSetConfig):
+    """Two classes of 2-D points, Gaussian blobs of std `noise` around +-(center, center) (data/binary.py)."""
+
+    center: float = Field(gt=0)
+
+
 class SequencesConfig(Strict):
     """Sums of sines with random frequencies and phases plus noise (data/sequence.py). Whole series go to the
     training, validation or test split, each cut into every window of `window` steps followed by `horizon` more."""
@@ -131,6 +137,7 @@ class SynthConfig(Strict):
     parabola: SetConfig = SetConfig(seed=0, size=1000, noise=1.0)
     dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
     adagrad_line: SetConfig = SetConfig(seed=0, size=100, noise=1.0)
+    blobs: BlobsConfig = BlobsConfig(seed=0, size=1000, noise=1.0, train_size=800, center=1.0)
     sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
                                                  val_count=20, test_count=20, moving_average=8)
     shapes: ShapesConfig = ShapesConfig(seed=0, count=800, size=96, val_count=160)
@@ -394,7 +401,7 @@ class ModelConfig(Strict):
             raise ValueError("train.sampling: fresh_batches draws from in-memory data; segmentation streams images")
         if augment.crop_padding and self.task != "classification":
             raise ValueError(f"train.augment.crop_padding: only task classification crops, not {self.task}")
-        if augment.hflip and self.task in ("regression", "sequence"):
+        if augment.hflip and self.task in ("regression", "sequence", "binary"):
             raise ValueError(f"train.augment.hflip: a {self.task} has nothing to flip")
 
 
