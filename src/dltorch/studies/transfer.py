@@ -6,6 +6,7 @@ backbone. Test accuracy on every test image of the target classes, per variant a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,41 +86,51 @@ class Transfer(AnyStudy):
             raise ParamsError("transfer: no such section in params.yaml")
         train, test = (load_split(data, params.fetch.dataset, train=split) for split in (True, False))
         source, target = class_subset(train, cfg.source), class_subset(train, cfg.target)
-        target_test = class_subset(test, cfg.target)
         inputs = model_inputs(source, params.fetch.dataset)  # one normalization, the source's, for every variant
-        build = lambda classes: _build(cfg, inputs, len(classes))  # noqa: E731
-        table: dict[str, dict[str, float]] = {variant: {} for variant in cfg.variants}
         with tracker.study_run(self.name) as parent:
             parent.log_params({"data": cfg.data, "arch": cfg.arch, "args": cfg.args, "source": cfg.source,
                                "target": cfg.target, "budgets": cfg.budgets, "steps": cfg.steps})
             torch.manual_seed(cfg.pretrain.seed)
-            pretrained = build(cfg.source)
-            history = _fit(pretrained, source, cfg.pretrain)  # the parent run's per-epoch curves
-            pretrain_accuracy = _accuracy(pretrained, class_subset(test, cfg.source))
-            parent.log_history(history)
+            pretrained = _build(cfg, inputs, len(cfg.source))
+            parent.log_history(_fit(pretrained, source, cfg.pretrain))  # the pretraining's per-epoch curves
             state = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
-            for variant, spec in cfg.variants.items():
-                settings = cfg.variant_train(variant)
+            table = {}
+            for variant in cfg.variants:
                 with parent.variant_run(self.name, variant) as child:
-                    child.log_params({**spec.model_dump(exclude={"train"}), **settings.model_dump(mode="json")})
-                    for budget in cfg.budgets:
-                        torch.manual_seed(cfg.train.seed)  # every variant and budget: the same new head
-                        model = _target_model(spec, build(cfg.target), state)
-                        _fit(model, labelled_sample(target, budget, cfg.train.seed),
-                             _for_steps(settings, cfg.steps, budget * len(cfg.target)))
-                        table[variant][str(budget)] = _accuracy(model, target_test)
+                    table[variant] = _accuracies(cfg, variant, lambda: _build(cfg, inputs, len(cfg.target)), state,
+                                                 target, class_subset(test, cfg.target))
+                    child.log_params({**cfg.variants[variant].model_dump(exclude={"train"}),
+                                      **cfg.variant_train(variant).model_dump(mode="json")})
                     child.log_history([{"budget": int(b), "test_accuracy": a} for b, a in table[variant].items()],
                                       step_key="budget")
             baseline = next((name for name, spec in cfg.variants.items() if spec.init == "scratch"), None)
-            metrics = summarize(table, pretrain_accuracy, baseline)
-            write_json(out_dir / METRICS_FILE, metrics)
-            write_csv(out_dir / CURVES_FILE, ["variant", "budget", "test_accuracy"],
-                      ([variant, int(b), a] for variant, row in table.items() for b, a in row.items()))
-            figure = _figure(table, cfg, out_dir / FIGURE_FILE)
+            metrics = summarize(table, _accuracy(pretrained, class_subset(test, cfg.source)), baseline)
+            written = _write(table, metrics, cfg, out_dir)
             parent.log_metrics(metrics)
-            parent.log_artifacts([figure, out_dir / METRICS_FILE, out_dir / CURVES_FILE], self.name)
+            parent.log_artifacts(written, self.name)
         return metrics
 
+
+def _accuracies(cfg: TransferConfig, variant: str, build: Callable[[], nn.Module], pretrained: dict[str, Any],
+                target: TensorData, test: TensorData) -> dict[str, float]:
+    """The variant's test accuracy at every label budget (as "<labels per class>": accuracy)."""
+    spec, settings = cfg.variants[variant], cfg.variant_train(variant)
+    accuracies = {}
+    for budget in cfg.budgets:
+        torch.manual_seed(cfg.train.seed)  # every variant and budget: the same new head
+        model = _target_model(spec, build(), pretrained)
+        _fit(model, labelled_sample(target, budget, cfg.train.seed),
+             _for_steps(settings, cfg.steps, budget * len(cfg.target)))
+        accuracies[str(budget)] = _accuracy(model, test)
+    return accuracies
+
+
+def _write(table: dict[str, dict[str, float]], metrics: dict[str, Any], cfg: TransferConfig,
+           out_dir: Path) -> list[Path]:
+    write_json(out_dir / METRICS_FILE, metrics)
+    write_csv(out_dir / CURVES_FILE, ["variant", "budget", "test_accuracy"],
+              ([variant, int(b), a] for variant, row in table.items() for b, a in row.items()))
+    return [_figure(table, cfg, out_dir / FIGURE_FILE), out_dir / METRICS_FILE, out_dir / CURVES_FILE]
 
 
 def summarize(table: dict[str, dict[str, float]], pretrain_accuracy: float, baseline: str | None) -> dict[str, Any]:
