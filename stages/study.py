@@ -13,7 +13,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--study", required=True, help="a registered study, and its section of params.yaml")
-    parser.add_argument("--data", type=Path, required=True, help="the synthetic set it reads (a CSV)")
+    parser.add_argument("--data", type=Path, required=True, help="what it reads: a synthetic set (a CSV) or data/raw")
     parser.add_argument("--out", type=Path, required=True, help="folder for the figure, metrics and curves")
     args = parser.parse_args()
     params = load_params(args.params)

@@ -184,6 +184,7 @@ def test_a_missing_cuda_device_is_a_device_error(monkeypatch):
     ("regression", np.ones((4, 1), np.float32), np.zeros((4, 1))),
     ("sequence", np.ones((4, 3), np.float32), np.zeros((4, 3))),
     ("segmentation", np.ones((2, 1, 4, 4), np.float32), np.ones((2, 1, 4, 4), np.float32)),
+    ("binary", np.full((4, 1), 0.7, np.float32), np.ones((4, 1))),
 ])
 def test_a_ranked_metric_is_one_the_int8_gate_can_score(task, outputs, targets):
     """Task.rankable lets params name a registry metric before anything runs: it must be what the task scores on

@@ -95,7 +95,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert "models/mlp/history.json" in plots and "models/mlp/eval/predictions.csv" in plots
     assert all(f"studies/{study}/curves.csv" in plots for study in study_names())
     synth_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synth"]
-    assert synth_lock["outs"][0]["nfiles"] == 6 + 2 + 2 * TINY_SHAPES["count"]  # CSVs; series + spec; images, masks
+    assert synth_lock["outs"][0]["nfiles"] == 7 + 2 + 2 * TINY_SHAPES["count"]  # CSVs; series + spec; images, masks
     for name, metric in (("lstm", "mse_ratio_last_value"), ("unet", "dice")):
         assert metric in shown[f"models/{name}/eval/metrics.json"]["data"]
         assert json.loads((repo / f"models/{name}/parity.json").read_text())["passed"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from dltorch.config import SynthConfig, parse_params
+from dltorch.config import FOLDER_SETS, GRAPH_SETS, SynthConfig, parse_params
 from dltorch.data.regression import GENERATORS, generate, read_set
 from dltorch.data.synth import write_sets
 from dltorch.errors import DataError, ParamsError
@@ -33,8 +33,8 @@ def test_same_params_give_byte_identical_files(tmp_path: Path):
     second = write_sets(COURSE, tmp_path / "b")
     assert first == second
     assert _sha256(tmp_path / "a") == _sha256(tmp_path / "b") == {f"{n}.csv": d for n, d in first.items()
-                                                                  if n in GENERATORS}
-    assert len(first) == 10  # the course's six CSV sets, sequences, shapes and the two graphs
+                                                                  if n not in FOLDER_SETS + GRAPH_SETS}
+    assert len(first) == 11  # the course's six CSV sets, blobs, sequences, shapes and the two graphs
 
 
 @pytest.mark.parametrize("name", list(GENERATORS))
@@ -169,7 +169,8 @@ def test_synth_stage_writes_the_sets_or_fails_cleanly(tmp_path: Path):
     done = subprocess.run(stage, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     digests = write_sets(COURSE, tmp_path / "again")
-    assert _sha256(out) == {f"{n}.csv": d for n, d in digests.items() if n in GENERATORS}
+    assert _sha256(out) == {f"{n}.csv": d for n, d in digests.items()
+                            if n not in FOLDER_SETS + GRAPH_SETS}
     for name in ("sequences", "shapes"):  # folders: the digest printed is the one of the same files written again
         assert f"{out / name}  sha256 {digests[name]}" in done.stdout
 

@@ -81,6 +81,12 @@ class ShuffledSplitSetConfig(SplitSetConfig):
     split_seed: int = Field(ge=0)
 
 
+class BlobsConfig(SplitSetConfig):
+    """Two classes of 2-D points, Gaussian blobs of std `noise` around +-(center, center) (data/binary.py)."""
+
+    center: float = Field(gt=0)
+
+
 class SequencesConfig(Strict):
     """Sums of sines with random frequencies and phases plus noise (data/sequence.py). Whole series go to the
     training, validation or test split, each cut into every window of `window` steps followed by `horizon` more."""
@@ -165,6 +171,7 @@ class SynthConfig(Strict):
     parabola: SetConfig = SetConfig(seed=0, size=1000, noise=1.0)
     dropout_points: SetConfig = SetConfig(seed=2333, size=20, noise=0.3)
     adagrad_line: SetConfig = SetConfig(seed=0, size=100, noise=1.0)
+    blobs: BlobsConfig = BlobsConfig(seed=0, size=1000, noise=1.0, train_size=800, center=1.0)
     sequences: SequencesConfig = SequencesConfig(seed=0, count=200, length=160, noise=0.05, window=48, horizon=8,
                                                  val_count=20, test_count=20, moving_average=8)
     shapes: ShapesConfig = ShapesConfig(seed=0, count=800, size=96, val_count=160)
@@ -461,7 +468,7 @@ class ModelConfig(Strict):
             raise ValueError("train.sampling: fresh_batches draws from in-memory data; segmentation streams images")
         if augment.crop_padding and self.task != "classification":
             raise ValueError(f"train.augment.crop_padding: only task classification crops, not {self.task}")
-        if augment.hflip and self.task in ("regression", "sequence", "node_classification"):
+        if augment.hflip and self.task in ("regression", "sequence", "node_classification", "binary"):
             raise ValueError(f"train.augment.hflip: a {self.task} has nothing to flip")
 
 
@@ -514,6 +521,72 @@ class StudyConfig(Strict):
         return arch, args, train
 
 
+class TransferVariant(Strict):
+    """One way to learn the target task: from which weights, what learns, and its overrides of the study's `train`."""
+
+    init: Literal["scratch", "pretrained"]
+    freeze_backbone: bool = False  # only the new head learns
+    train: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _frozen_is_pretrained(self) -> TransferVariant:
+        if self.freeze_backbone and self.init == "scratch":
+            raise ValueError("freeze_backbone: a backbone frozen at its random start would learn nothing; "
+                             "use init: pretrained")
+        return self
+
+
+class TransferConfig(Strict):
+    """The transfer-learning study: pretrain `arch` on every training image of the `source` classes, then train it
+    on `budgets` labelled images per `target` class, from scratch and from the pretrained weights (all layers
+    fine-tuned, or the backbone frozen under a new head); scored on every test image of the target classes."""
+
+    data: Literal["raw"] = "raw"  # the fetched image set (dvc.yaml reads the study's data path from here)
+    arch: str
+    args: dict[str, Any]
+    source: list[int] = Field(min_length=2)  # class indices pretrained on
+    target: list[int] = Field(min_length=2)  # class indices of the second task
+    budgets: list[int] = Field(min_length=1)  # labelled training images per target class, smallest first
+    pretrain: TrainConfig
+    train: TrainConfig  # every target run; its `epochs` are replaced by `steps` optimizer steps
+    steps: int = Field(ge=1)  # optimizer steps per target run, so small and large budgets train equally long
+    variants: dict[str, TransferVariant] = Field(min_length=1)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        _arch_registry().get(arch)
+        return arch
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TransferConfig:
+        _arch_registry().validate_args(self.arch, self.args)
+        for key in ("source", "target"):
+            classes = getattr(self, key)
+            if len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes):
+                raise ValueError(f"{key}: distinct class indices 0-9, not {classes}")
+        if set(self.source) & set(self.target):
+            raise ValueError(f"target: classes {sorted(set(self.source) & set(self.target))} are also pretrained on")
+        if self.budgets != sorted(set(self.budgets)) or self.budgets[0] < 1:
+            raise ValueError(f"budgets: distinct positive counts, smallest first, not {self.budgets}")
+        for key in ("pretrain", "train"):
+            if getattr(self, key).loss != "cross_entropy":
+                raise ValueError(f"{key}.loss: the study classifies images: 'cross_entropy'")
+        for name in self.variants:
+            self.variant_train(name)
+        return self
+
+    def variant_train(self, name: str) -> TrainConfig:
+        """The study's train settings with the variant's overrides; a bad override is an error naming its key."""
+        try:
+            train = TrainConfig.model_validate({**self.train.model_dump(), **self.variants[name].train})
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"variants.{name}.train.{_describe(e)}" for e in exc.errors())) from None
+        if train.loss != "cross_entropy":
+            raise ValueError(f"variants.{name}.train.loss: the study classifies images: 'cross_entropy'")
+        return train
+
+
 class Params(Strict):
     fetch: FetchConfig = FetchConfig()
     synth: SynthConfig = SynthConfig()
@@ -524,6 +597,8 @@ class Params(Strict):
     # The course's studies. In params.yaml each is a top-level section named as its study (so DVC tracks each on
     # its own); _gather_studies collects the sections the study registry knows. A profile may leave them out.
     studies: dict[str, StudyConfig] = {}
+    # The transfer-learning study reads images, not a synthetic set: its own schema (studies/transfer.py).
+    transfer: TransferConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -534,7 +609,7 @@ class Params(Strict):
             return raw
         from dltorch.studies.registry import names as study_names  # a listing of modules: imports no study
 
-        found = {key: value for key, value in raw.items() if key in study_names()}
+        found = {key: value for key, value in raw.items() if key in study_names() and key not in cls.model_fields}
         return {**{k: v for k, v in raw.items() if k not in found}, "studies": found}
 
     def study(self, name: str) -> StudyConfig:
@@ -588,8 +663,9 @@ class Params(Strict):
 def _all_field_names() -> set[str]:
     names: set[str] = set()
     schemas = (FetchConfig, SynthConfig, FoldersConfig, HeldOutSetConfig, ShuffledSplitSetConfig, SequencesConfig,
-               ShapesConfig, NodeSplitConfig, SBMConfig, MlflowConfig, AugmentConfig, DistributedConfig, TrainConfig,
-               ExportConfig, GateConfig, RegistryRule, ModelConfig, VariantConfig, StudyConfig, Params)
+               ShapesConfig, NodeSplitConfig, SBMConfig, BlobsConfig, MlflowConfig, AugmentConfig, DistributedConfig,
+               TrainConfig, ExportConfig, GateConfig, RegistryRule, ModelConfig, VariantConfig, StudyConfig,
+               TransferConfig, TransferVariant, Params)
     for schema in schemas:
         names.update(schema.model_fields)
     return names

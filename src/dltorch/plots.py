@@ -96,6 +96,30 @@ def fit_over_points(points: dict[str, tuple[np.ndarray, np.ndarray]], lines: dic
     return _save(fig, path)
 
 
+def decision_boundary(points: np.ndarray, labels: np.ndarray, probability: Any, title: str, path: Path,
+                      lines: dict[str, Any] | None = None) -> Path:
+    """Two-class 2-D points over the model's probability of class 1 (shaded), its boundary p = 0.5 (solid), and
+    `lines`: label -> x2 as a function of x1 (e.g. the true boundary, dashed). `probability` maps (M, 2) to (M,)."""
+    fig, ax = _subplots(figsize=(6, 5))
+    margin = 0.5
+    (low1, low2), (high1, high2) = points.min(0) - margin, points.max(0) + margin
+    grid1, grid2 = np.meshgrid(np.linspace(low1, high1, 200), np.linspace(low2, high2, 200))
+    prob = probability(np.stack([grid1.ravel(), grid2.ravel()], axis=1)).reshape(grid1.shape)
+    shade = ax.contourf(grid1, grid2, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.35)
+    fig.colorbar(shade, ax=ax, fraction=0.046, label="p(class 1)")
+    ax.contour(grid1, grid2, prob, levels=[0.5], colors="k", linewidths=2)
+    ax.plot([], [], "k-", linewidth=2, label="model: p = 0.5")
+    for label, color in ((0, "tab:blue"), (1, "tab:red")):
+        chosen = labels == label
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=14, c=color, edgecolors="white", linewidths=0.4,
+                   label=f"class {label}")
+    for (label, line), style in zip((lines or {}).items(), ("--", ":", "-."), strict=False):
+        ax.plot(grid1[0], line(grid1[0]), style, color="0.2", linewidth=1.5, label=label)
+    ax.set(title=title, xlabel="x1", ylabel="x2", xlim=(low1, high1), ylim=(low2, high2))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> Path:
     """A regression's counterpart of the confusion matrix: predictions against truth, the diagonal is perfect."""
     fig, ax = _subplots(figsize=(4.8, 4.5))

@@ -46,11 +46,20 @@ def lowest(summaries: dict[str, dict[str, float]], key: str) -> str:
     return min(summaries, key=lambda name: summaries[name][key])
 
 
-class Study(ABC):
-    """One study: what to record per variant, how to summarize it, what to draw. Register with @register_study."""
+class AnyStudy(ABC):
+    """What the study stage runs: a named study that writes its figure, metrics and curves. Register with
+    @register_study."""
 
     name: ClassVar[str]  # the params.yaml section and the DVC stage study@<name>
-    curve: ClassVar[tuple[str, list[str]]]  # curves.csv: a row per "steps" or "epochs", with these fields
+    curve: ClassVar[tuple[str, list[str]]]  # curves.csv: a row per "steps", "epochs" or "budgets", with these fields
+
+    @abstractmethod
+    def run(self, params: Params, data: Path, out_dir: Path, tracker: Tracker) -> dict[str, Any]: ...
+
+
+class Study(AnyStudy):
+    """A study of variants on a synthetic set: what to record per variant, how to summarize it, what to draw."""
+
     headline: ClassVar[str] = "final_loss"  # the summary key whose lowest variant is the verdict `lowest_<key>`
 
     @abstractmethod
@@ -62,6 +71,9 @@ class Study(ABC):
 
     def verdicts(self, variants: dict[str, dict[str, float]]) -> dict[str, str]:
         return {f"lowest_{self.headline}": lowest(variants, self.headline)}
+
+    def run(self, params: Params, data: Path, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
+        return run_variants(self, params, data, out_dir, tracker)
 
     def summarize(self, results: dict[str, VariantResult]) -> dict[str, Any]:
         """metrics.json: the verdicts, then every variant's summary."""
@@ -108,11 +120,16 @@ def _loss(model: nn.Module, loss_fn: Any, data: TensorData, device: torch.device
 
 def run_study(name: str, params: Params, data: Path, out_dir: Path,
               tracker: Tracker | None = None) -> dict[str, Any]:
-    """Train every variant of study `name` inside one MLflow parent run; returns the metrics it wrote."""
-    study, cfg = registry.get(name), params.study(name)
+    """Run study `name` inside one MLflow parent run; returns the metrics it wrote."""
+    return registry.get(name).run(params, data, out_dir, tracker or Tracker.for_project(params.mlflow.experiment))
+
+
+def run_variants(study: Study, params: Params, data: Path, out_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    """A study of variants on a synthetic set: train every variant, each a child run of the study's run."""
+    name = study.name
+    cfg = params.study(name)
     train, test = load_set(data)
     results: dict[str, VariantResult] = {}
-    tracker = tracker or Tracker.for_project(params.mlflow.experiment)
     with tracker.study_run(name) as parent:
         parent.log_params({"data": cfg.data, "variants": ",".join(cfg.variants)})
         for variant in cfg.variants:

@@ -14,7 +14,7 @@ from typing import Any
 
 _STUDIES: dict[str, Any] = {}  # name -> the study's (stateless) instance
 NOT_STUDIES = ("common", "registry")  # the modules of this package that hold no study
-SERIES = ("steps", "epochs")  # what a study's curves.csv has a row per
+SERIES = ("steps", "epochs", "budgets")  # what a study's curves.csv has a row per (budgets: studies/transfer.py)
 
 
 def register_study(cls: type) -> type:
