@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from dltorch import engine
 from dltorch.config import TrainConfig, load_params, parse_params
-from dltorch.data.classification import load_split
+from dltorch.data.classification import LabelledImages, load_split
 from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError, ParamsError
 from dltorch.studies import transfer
@@ -30,8 +30,11 @@ def _labelled(targets: list[int]) -> TensorData:
 
 
 def test_a_class_subset_keeps_its_classes_relabelled_in_the_order_listed():
-    subset = transfer.class_subset(_labelled([5, 0, 9, 6, 5, 3]), [9, 5, 6])
+    data = _labelled([5, 0, 9, 6, 5, 3])
+    names = tuple(f"class {n}" for n in range(10))
+    subset = transfer.class_subset(LabelledImages(data.inputs, data.targets, names), [9, 5, 6])
     assert subset.inputs.tolist() == [0, 2, 3, 4] and subset.targets.tolist() == [1, 0, 2, 1]
+    assert subset.classes == ("class 9", "class 5", "class 6")  # the names follow the relabelling
 
 
 def test_label_budgets_are_per_class_seeded_and_nested():

@@ -15,7 +15,7 @@ from torch import nn
 
 from dltorch import engine, plots
 from dltorch.config import Params, TrainConfig, TransferConfig, TransferVariant
-from dltorch.data.classification import load_split
+from dltorch.data.classification import LabelledImages, load_split
 from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError, ParamsError
 from dltorch.io import write_csv, write_json
@@ -27,12 +27,12 @@ from dltorch.tasks.classification import model_inputs
 from dltorch.tracking import Tracker
 
 
-def class_subset(data: TensorData, classes: list[int]) -> TensorData:
-    """The images of `classes`, relabelled 0, 1, ... in the order listed."""
+def class_subset(data: LabelledImages, classes: list[int]) -> LabelledImages:
+    """The images of `classes`, relabelled 0, 1, ... in the order listed, with those classes' names."""
     keep = torch.isin(data.targets, torch.tensor(classes))
     relabel = torch.full((int(data.targets.max()) + 1,), -1, dtype=torch.long)
     relabel[torch.tensor(classes)] = torch.arange(len(classes))
-    return TensorData(data.inputs[keep], relabel[data.targets[keep]])
+    return LabelledImages(data.inputs[keep], relabel[data.targets[keep]], tuple(data.classes[c] for c in classes))
 
 
 def labelled_sample(data: TensorData, per_class: int, seed: int) -> TensorData:
