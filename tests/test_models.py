@@ -22,7 +22,8 @@ REPO_PARAMS = load_params(REPO / "params.yaml")
 
 # What each architecture reads and writes: (in_shape, num_outputs, output shape for a batch of 3). The UNet gets
 # 28x28, not a multiple of 16, so its up path has to resize to meet the skips.
-SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28))}
+SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28)),
+          "autoencoder": ((1, 28, 28), 1, (3, 1, 28, 28))}
 IMAGE_CLASSIFIER = ((1, 28, 28), 10, (3, 10))
 
 
@@ -40,7 +41,7 @@ def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
 def test_registry_rejects_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="registered twice"):
         register_model(get("mlp"))
-    with pytest.raises(ValueError, match="known: lenet5, lstm, mlp, resnet, unet, vit"):
+    with pytest.raises(ValueError, match="known: autoencoder, lenet5, lstm, mlp, resnet, unet, vit"):
         get("alexnet")
 
 
@@ -65,7 +66,7 @@ def test_softmax_regression_is_one_linear_layer():
 def _shrunk(name: str) -> dict:
     """The repo's params entry for `name`, shrunk to one short epoch on tiny data."""
     entry = REPO_PARAMS.model(name).model_dump(mode="json")
-    val_size = {"classification": 40, "sequence": 20, "segmentation": 4}.get(entry["task"], 0)
+    val_size = {"classification": 40, "sequence": 20, "segmentation": 4, "autoencoder": 40}.get(entry["task"], 0)
     entry["train"].update(epochs=1, val_size=val_size, warmup_epochs=0, early_stopping_patience=None)
     if entry["task"] == "segmentation":  # the tiny shapes set's 32x32 images
         entry["train"].update(image_size=[32, 32], batch_size=8)

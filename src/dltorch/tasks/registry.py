@@ -44,6 +44,10 @@ def _unchanged(net: nn.Module, inputs: dict[str, Any]) -> nn.Module:
     return net
 
 
+def _whole(model: nn.Module) -> nn.Module:
+    return model
+
+
 @dataclass(frozen=True)
 class Task:
     """Everything the pipeline asks of a task. Fields without a default are what every task must supply."""
@@ -73,6 +77,10 @@ class Task:
     other_shape: Callable[[TensorData], tuple[torch.Tensor, torch.Tensor]] | None = None
     # The course's hand-written training loops, by params' train.trainer (only regression has them).
     trainers: dict[str, Callable[[nn.Module, Path, TrainConfig], list[dict[str, Any]]]] = field(default_factory=dict)
+    # What the ONNX file holds: the trained model itself, or a view of it (an autoencoder's encoder and decoder as
+    # two outputs). A view whose forward returns a tuple names the outputs after output_name in extra_outputs.
+    export_view: Callable[[nn.Module], nn.Module] = _whole
+    extra_outputs: tuple[str, ...] = ()
 
     def make_loss(self, name: str, label_smoothing: float = 0.0) -> Callable[..., Any]:
         if name not in self.losses:
