@@ -23,7 +23,8 @@ REPO_PARAMS = load_params(REPO / "params.yaml")
 # What each architecture reads and writes: (in_shape, num_outputs, output shape for a batch of 3). The UNet gets
 # 28x28, not a multiple of 16, so its up path has to resize to meet the skips.
 SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28)),
-          "autoencoder": ((1, 28, 28), 1, (3, 1, 28, 28))}
+          "autoencoder": ((1, 28, 28), 1, (3, 1, 28, 28)), "gan": ((1, 28, 28), 1, (3, 1, 28, 28))}
+FORWARD_INPUTS = {"gan": (64,)}  # a generator reads noise, not the images of in_shape
 IMAGE_CLASSIFIER = ((1, 28, 28), 10, (3, 10))
 
 
@@ -32,7 +33,7 @@ def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
     torch.manual_seed(0)
     in_shape, classes, out_shape = SHAPES.get(arch, IMAGE_CLASSIFIER)
     model = create(arch, {}, in_shape=in_shape, num_outputs=classes)
-    out = model(torch.rand(3, *in_shape))
+    out = model(torch.rand(3, *FORWARD_INPUTS.get(arch, in_shape)))
     assert out.shape == out_shape and torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -41,7 +42,7 @@ def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
 def test_registry_rejects_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="registered twice"):
         register_model(get("mlp"))
-    with pytest.raises(ValueError, match="known: autoencoder, lenet5, lstm, mlp, resnet, unet, vit"):
+    with pytest.raises(ValueError, match="known: autoencoder, gan, lenet5, lstm, mlp, resnet, unet, vit"):
         get("alexnet")
 
 
