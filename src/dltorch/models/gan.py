@@ -67,12 +67,13 @@ def adversarial_step(objective: Objective, model: nn.Module, batch: Batch, optim
                      cfg: TrainConfig) -> tuple[float, dict[str, float]]:
     """The discriminator learns real (1) from generated (0) on the batch's images and as many generated ones; then
     the generator learns to make the discriminator say 1 (the non-saturating loss). The noise comes from torch's
-    global generator, which the checkpoint saves, so a resumed run draws the same noise. Returns the generator's
+    global CPU generator, which the checkpoint saves, so a resumed run draws the same noise. Returns the generator's
     loss, and both losses summed over the batch."""
     gan_model = _unwrapped(model)
     real = batch.inputs
     count = len(real)
-    fake = gan_model.generator(torch.randn(count, gan_model.noise, device=real.device))
+    # drawn on the CPU, whose generator state the checkpoint saves (a CUDA generator's it does not), then moved
+    fake = gan_model.generator(torch.randn(count, gan_model.noise).to(real.device))
     ones, zeros = torch.ones(count, 1, device=real.device), torch.zeros(count, 1, device=real.device)
     real_loss = F.binary_cross_entropy_with_logits(gan_model.discriminator(real), ones)
     fake_loss = F.binary_cross_entropy_with_logits(gan_model.discriminator(fake.detach()), zeros)
