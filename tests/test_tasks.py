@@ -56,7 +56,7 @@ def test_a_task_missing_a_part_fails_when_it_is_made():
 def test_duplicate_and_unknown_names_raise():
     with pytest.raises(ValueError, match="registered twice"):
         tasks.register_task(tasks.get_task("regression"))
-    with pytest.raises(ValueError, match="known: classification, regression, segmentation, sequence"):
+    with pytest.raises(ValueError, match="known: autoencoder, classification, regression, segmentation, sequence"):
         tasks.get_task("detection")
 
 
