@@ -85,8 +85,10 @@ def bench_model(params, name: str, raw_root: Path, peak: float) -> dict:
                                          dataset, inputs["mean"], inputs["std"])
     ours_rate, theirs_rate = len(train) / ours, their_samples / theirs
     batch = train.inputs[: cfg.train.batch_size]  # what `precision: auto` times to decide: one step in each
-    probe = engine.training_step_probe(task.make_loss(cfg.train.loss), batch.contiguous(
-        memory_format=engine.memory_format(batch)), train.targets[: cfg.train.batch_size], torch.device("cpu"))
+    probe = engine.training_step_probe(
+        engine.Objective(task.make_loss(cfg.train.loss), task.batch_scores),
+        engine.Batch(batch.contiguous(memory_format=engine.memory_format(batch)), train.targets[: len(batch)], 1.0),
+        cfg.train)
     step_ms = precision.measure(probe, model)
     achieved = flops * len(train) / ours / 1e9
     return {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "epoch_s": ours,

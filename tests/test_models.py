@@ -24,7 +24,9 @@ REPO_PARAMS = load_params(REPO / "params.yaml")
 # 28x28, not a multiple of 16, so its up path has to resize to meet the skips.
 # A node classifier reads graphs of 10 nodes with 4 features each beside the adjacency: (10, 4 + 10).
 SHAPES = {"lstm": ((20, 1), 4, (3, 4)), "unet": ((3, 28, 28), 1, (3, 1, 28, 28)),
-          "gcn": ((10, 14), 3, (3, 10, 3)), "node_mlp": ((10, 14), 3, (3, 10, 3))}
+          "gcn": ((10, 14), 3, (3, 10, 3)), "node_mlp": ((10, 14), 3, (3, 10, 3)),
+          "autoencoder": ((1, 28, 28), 1, (3, 1, 28, 28)), "gan": ((1, 28, 28), 1, (3, 1, 28, 28))}
+FORWARD_INPUTS = {"gan": (64,)}  # a generator reads noise, not the images of in_shape
 IMAGE_CLASSIFIER = ((1, 28, 28), 10, (3, 10))
 
 
@@ -33,16 +35,18 @@ def test_every_architecture_builds_and_runs_forward_and_backward(arch: str):
     torch.manual_seed(0)
     in_shape, classes, out_shape = SHAPES.get(arch, IMAGE_CLASSIFIER)
     model = create(arch, {}, in_shape=in_shape, num_outputs=classes)
-    out = model(torch.rand(3, *in_shape))
+    out = model(torch.rand(3, *FORWARD_INPUTS.get(arch, in_shape)))
     assert out.shape == out_shape and torch.isfinite(out).all()
-    out.sum().backward()
+    # a GAN's forward is its generator: its discriminator, which judges the output, is trained through it
+    judged = model.discriminator(out).sum() if arch == "gan" else 0
+    (out.sum() + judged).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_registry_rejects_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="registered twice"):
         register_model(get("mlp"))
-    with pytest.raises(ValueError, match="known: gcn, lenet5, lstm, mlp, node_mlp, resnet, unet, vit"):
+    with pytest.raises(ValueError, match=f"known: {', '.join(names())}$"):
         get("alexnet")
 
 
@@ -67,7 +71,7 @@ def test_softmax_regression_is_one_linear_layer():
 def _shrunk(name: str) -> dict:
     """The repo's params entry for `name`, shrunk to one short epoch on tiny data."""
     entry = REPO_PARAMS.model(name).model_dump(mode="json")
-    val_size = {"classification": 40, "sequence": 20, "segmentation": 4}.get(entry["task"], 0)
+    val_size = {"classification": 40, "sequence": 20, "segmentation": 4, "autoencoder": 40}.get(entry["task"], 0)
     entry["train"].update(epochs=1, val_size=val_size, warmup_epochs=0, early_stopping_patience=None)
     if entry["task"] == "segmentation":  # the tiny shapes set's 32x32 images
         entry["train"].update(image_size=[32, 32], batch_size=8)

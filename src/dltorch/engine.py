@@ -23,7 +23,7 @@ from dltorch.augment import augment_batch
 from dltorch.config import TrainConfig
 from dltorch.data.streamed import StreamedData
 from dltorch.data.tensors import TensorData
-from dltorch.errors import DeviceError
+from dltorch.errors import DeviceError, ParamsError
 from dltorch.io import save_torch
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,54 @@ TrainData = TensorData | StreamedData
 
 
 @dataclass(frozen=True)
+class Batch:
+    """One step's share of a batch: inputs and targets on the model's device, and the weight of its loss (this
+    rank's share of the global batch under DDP, else 1)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    weight: float
+
+
+# A training step: updates the model through the optimization's optimizers; returns the batch's loss (a float, the
+# mean per sample) and its scores summed over the batch's samples.
+StepFn = Callable[["Objective", nn.Module, Batch, "Optimization", TrainConfig], tuple[float, dict[str, float]]]
+# What a task's optimizers are: name -> optimizer over the model's parameters (a GAN's generator and discriminator)
+OptimizersFn = Callable[[nn.Module, TrainConfig], dict[str, torch.optim.Optimizer]]
+
+
+def supervised_step(objective: Objective, model: nn.Module, batch: Batch, optimization: Optimization,
+                    cfg: TrainConfig) -> tuple[float, dict[str, float]]:
+    """Every task's step but a GAN's: forward, the loss against the targets, backward, one optimizer step."""
+    optimizer = optimization.optimizer
+    with precision.autocast(batch.inputs.device, cfg.precision):
+        outputs = model(batch.inputs)
+        loss = objective.loss_fn(outputs, batch.targets)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * batch.weight).backward()
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.item(), objective.score_fn(outputs.detach(), batch.targets)
+
+
+@dataclass(frozen=True)
 class Objective:
     """What a task trains for: its loss, its per-batch scores (summed over samples), and the validation score
-    that picks the best epoch and drives early stopping (name, "min" or "max")."""
+    that picks the best epoch and drives early stopping (name, "min" or "max"). A task with its own training step
+    (a GAN: two optimizers, two losses) supplies `step` and the `optimizers` it steps; by default one optimizer from
+    the train settings and supervised_step."""
 
     loss_fn: LossFn
     score_fn: ScoreFn
     monitor: tuple[str, str] = ("val_loss", "min")
+    step: StepFn = supervised_step
+    optimizers: OptimizersFn | None = None
+
+    def make_optimizers(self, model: nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        if self.optimizers is None:
+            return {"model": make_optimizer(model.parameters(), cfg)}
+        return self.optimizers(model, cfg)
 
 
 @dataclass(frozen=True)
@@ -65,10 +106,19 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class Optimization:
-    """The optimizer and its per-batch learning-rate schedule: what one step updates."""
+    """The optimizers, by name, each with its per-batch learning-rate schedule: what one step updates. Most tasks
+    have one; the first is the one whose learning rate is reported."""
 
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return next(iter(self.optimizers.values()))
+
+    def step_schedules(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
 
 
 def select_device(name: str) -> torch.device:
@@ -116,15 +166,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def training_step_probe(loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-                        device: torch.device) -> precision.Step:
-    """One batch's forward and backward in a given precision (no optimizer step): what `auto` times."""
+def training_step_probe(objective: Objective, batch: Batch, cfg: TrainConfig) -> precision.Step:
+    """The task's own training step (forward, backward, its optimizers' steps) on one batch in a given precision:
+    what `auto` times. The probe model gets optimizers of its own, so the run's are never touched."""
+    optimizations: dict[int, Optimization] = {}
 
     def step(probe: nn.Module, chosen: str) -> None:
-        with precision.autocast(device, chosen):
-            loss = loss_fn(probe(inputs), targets)
-        loss.backward()
-        probe.zero_grad(set_to_none=True)
+        if id(probe) not in optimizations:
+            optimizations[id(probe)] = Optimization(objective.make_optimizers(probe, cfg), {})
+        objective.step(objective, probe, batch, optimizations[id(probe)], cfg.model_copy(update={"precision": chosen}))
 
     return step
 
@@ -137,7 +187,7 @@ def resolve_precision(model: nn.Module, objective: Objective, train: TrainData, 
         return cfg.precision
     batch = next(batches(train, cfg.batch_size, epoch_generator(cfg.seed, 0)))
     inputs, targets = batch.inputs.to(device, memory_format=memory_format(batch.inputs)), batch.targets.to(device)
-    step = training_step_probe(objective.loss_fn, inputs, targets, device)
+    step = training_step_probe(objective, Batch(inputs, targets, 1.0), cfg)
     verdict = precision.resolve(device, model, tuple(inputs.shape), step)
     chosen = distributed.agree(verdict.precision)
     if distributed.is_main():
@@ -197,7 +247,6 @@ def train_one_epoch(model: nn.Module, objective: Objective, optimization: Optimi
     cfg.batch_size, on the device the model is on; returns the mean loss and scores per sample."""
     model.train()
     device = next(model.parameters()).device
-    optimizer, scheduler = optimization.optimizer, optimization.scheduler
     generator = epoch_generator(cfg.seed, epoch)
     totals: dict[str, float] = {"loss": 0.0, "samples": 0.0}  # samples: fresh batches may see more rows than the set
     quiet = None if distributed.is_main() else True  # a bar on rank 0's terminal; none in logs
@@ -212,21 +261,14 @@ def train_one_epoch(model: nn.Module, objective: Objective, optimization: Optimi
                 inputs = augment_batch(inputs, cfg.augment.crop_padding, cfg.augment.hflip, generator)
             inputs, targets, weight = distributed.shard(inputs, targets)
             inputs, targets = inputs.to(device, memory_format=memory_format(inputs)), targets.to(device)
-            with precision.autocast(device, cfg.precision):
-                outputs = model(inputs)
-                loss = objective.loss_fn(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            loss, scores = objective.step(objective, model, Batch(inputs, targets, weight), optimization, cfg)
             if on_step is not None:  # studies watch single steps: their loss and the schedule's learning rate
-                on_step(loss.item(), optimizer.param_groups[0]["lr"])
-            scheduler.step()
-            _accumulate(totals, loss.item() * len(targets), objective.score_fn(outputs.detach(), targets))
+                on_step(loss, optimization.optimizer.param_groups[0]["lr"])
+            optimization.step_schedules()
+            _accumulate(totals, loss * len(targets), scores)
             totals["samples"] += len(targets)
             bar.update(len(batch.targets))
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     summed = distributed.sum_across_ranks(totals)
     samples = summed.pop("samples")
     return {name: value / samples for name, value in summed.items()}
@@ -298,8 +340,10 @@ class Progress:
 def _save_checkpoint(spec: CheckpointSpec, model, optimization: Optimization, epoch: int,
                      progress: Progress) -> None:
     save_torch(spec.path, {
-        "model": model.state_dict(), "optimizer": optimization.optimizer.state_dict(),
-        "lr_scheduler": optimization.scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
+        "model": model.state_dict(),
+        "optimizer": {name: optimizer.state_dict() for name, optimizer in optimization.optimizers.items()},
+        "lr_scheduler": {name: scheduler.state_dict() for name, scheduler in optimization.schedulers.items()},
+        "epoch": epoch, "rng": torch.get_rng_state(),
         "history": progress.history, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
         "best_state": progress.best_state, "fingerprint": spec.fingerprint, "extra": spec.extra or {},
     })
@@ -307,8 +351,9 @@ def _save_checkpoint(spec: CheckpointSpec, model, optimization: Optimization, ep
 
 def _restore(state: dict[str, Any], model, optimization: Optimization) -> tuple[int, Progress]:
     model.load_state_dict(state["model"])
-    optimization.optimizer.load_state_dict(state["optimizer"])
-    optimization.scheduler.load_state_dict(state["lr_scheduler"])
+    for name, optimizer in optimization.optimizers.items():
+        optimizer.load_state_dict(state["optimizer"][name])
+        optimization.schedulers[name].load_state_dict(state["lr_scheduler"][name])
     torch.set_rng_state(state["rng"])
     log.info("resuming from the checkpoint of epoch %d", state["epoch"])
     return state["epoch"] + 1, Progress(state["history"], state["best_score"], state["best_epoch"], state["best_state"])
@@ -327,10 +372,18 @@ def fit(model: nn.Module, objective: Objective, train: TrainData, val: TensorDat
     device = select_device(cfg.device)
     distributed.require_group()
     model.to(device, memory_format=torch.channels_last if _sample_ndim(train) == 4 else torch.contiguous_format)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizers = objective.make_optimizers(model, cfg)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
-    optimization = Optimization(optimizer, make_scheduler(optimizer, cfg, steps_per_epoch))
+    optimization = Optimization(optimizers, {name: make_scheduler(optimizer, cfg, steps_per_epoch)
+                                             for name, optimizer in optimizers.items()})
     resume = checkpoint.resume if checkpoint is not None else None
+    if resume and set(resume["optimizer"]) != set(optimizers):  # written before optimizers were named
+        log.warning("ignoring checkpoint %s: it holds optimizers %s, not %s", checkpoint.path,
+                    sorted(resume["optimizer"]), sorted(optimizers))
+        resume = None
+    if objective.step is not supervised_step and distributed.world_size() > 1:
+        # its step reaches into the model's parts (a GAN's generator and discriminator), past DDP's gradient hooks
+        raise ParamsError("train.distributed.nproc: a task with its own training step trains on one process")
     writes = checkpoint is None or checkpoint.writes
     start, progress = _restore(resume, model, optimization) if resume else (1, Progress())
     trained = DistributedDataParallel(model) if distributed.world_size() > 1 else model

@@ -30,10 +30,11 @@ BATCH_ONLY: dict[int, tuple[str, int]] = {0: ("batch", 1)}
 
 
 def export_onnx(
-    model: nn.Module, in_shape: tuple[int, ...], path: Path, opset: int, input_name: str, output_name: str,
-    dynamic_axes: dict[int, tuple[str, int]] = BATCH_ONLY,
+    model: nn.Module, in_shape: tuple[int, ...], path: Path, opset: int, input_name: str,
+    output_name: str | tuple[str, ...], dynamic_axes: dict[int, tuple[str, int]] = BATCH_ONLY,
 ) -> None:
-    """Export with the given dynamic axes; onnx.checker must pass before the file appears at `path`."""
+    """Export with the given dynamic axes; onnx.checker must pass before the file appears at `path`. A model whose
+    forward returns a tuple names each output (`output_name` a tuple)."""
     import onnx
 
     from dltorch.onnx_rnn import recurrent_export
@@ -46,7 +47,8 @@ def export_onnx(
     with atomic_path(path) as tmp, recurrent_export(model, opset) as table:
         program = torch.onnx.export(
             model, (example,), dynamo=True, opset_version=opset, input_names=[input_name],
-            output_names=[output_name], dynamic_shapes=(dims,), external_data=False, verbose=False,
+            output_names=[output_name] if isinstance(output_name, str) else list(output_name),
+            dynamic_shapes=(dims,), external_data=False, verbose=False,
             custom_translation_table=table,
         )
         program.save(str(tmp), external_data=False)
@@ -96,9 +98,15 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
 
 
 def run_onnx(session: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """The graph's first output (its only one, but for an autoencoder's reconstruction beside its code)."""
+    return run_onnx_outputs(session, inputs, batch_size)[0]
+
+
+def run_onnx_outputs(session: Any, inputs: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Every output of the graph, in its order, over all inputs in batches."""
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: inputs[i : i + batch_size]})[0]
-                           for i in range(0, len(inputs), batch_size)])
+    runs = [session.run(None, {name: inputs[i : i + batch_size]}) for i in range(0, len(inputs), batch_size)]
+    return [np.concatenate(parts) for parts in zip(*runs, strict=True)]
 
 
 @torch.no_grad()
@@ -113,9 +121,9 @@ def check_parity(
     dynamic axis than the example's (a shorter window, a larger image): the same checks run on them at ODD_BATCH.
     """
     model = model.cpu().eval()
-    expected = _run_torch(model, inputs, batch_size)
+    expected, *expected_rest = _run_torch_outputs(model, inputs, batch_size)
     session = onnx_session(onnx_path)
-    actual = run_onnx(session, inputs.numpy(), batch_size)
+    actual, *actual_rest = run_onnx_outputs(session, inputs.numpy(), batch_size)
     head = min(100, len(inputs))
     actual_odd = run_onnx(session, inputs[:head].numpy(), ODD_BATCH)
     diff = float(np.abs(actual - expected).max())
@@ -124,6 +132,10 @@ def check_parity(
         "max_abs_diff": {"measured": diff, "limit": atol, "passed": diff <= atol},
         f"max_abs_diff_batch_{ODD_BATCH}": {"measured": diff_odd, "limit": atol, "passed": diff_odd <= atol},
     }
+    # every further output (an autoencoder's code) within atol of torch's too
+    for output, torch_out, onnx_out in zip(session.get_outputs()[1:], expected_rest, actual_rest, strict=True):
+        extra_diff = float(np.abs(onnx_out - torch_out).max())
+        checks[f"max_abs_diff_{output.name}"] = {"measured": extra_diff, "limit": atol, "passed": extra_diff <= atol}
     summary: dict[str, Any] = {}
     if task_checks is not None:
         extra, summary = task_checks(expected, actual, targets.numpy())
@@ -145,7 +157,14 @@ def check_parity(
 
 
 def _run_torch(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> np.ndarray:
-    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]).numpy()
+    return _run_torch_outputs(model, inputs, batch_size)[0]
+
+
+def _run_torch_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> list[np.ndarray]:
+    """Every output of the model (a tuple, or one tensor), over all inputs in batches."""
+    runs = [model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    runs = [run if isinstance(run, tuple) else (run,) for run in runs]
+    return [torch.cat(parts).numpy() for parts in zip(*runs, strict=True)]
 
 
 def assert_parity(report: dict[str, Any], onnx_path: Path) -> None:

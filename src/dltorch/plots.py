@@ -204,3 +204,28 @@ def mask_overlays(images: np.ndarray, true_masks: np.ndarray, predicted: np.ndar
         ax.set_title(f"Dice {dice:.3f}", fontsize=8)
     fig.suptitle(f"{title}: predicted (red) and true outline (green)")
     return _save(fig, path)
+
+
+def reconstructions(originals: np.ndarray, rebuilt: np.ndarray, title: str, path: Path) -> Path:
+    """Images (N, C, H, W) in [0, 1] in the top row, their reconstructions under them."""
+    columns = len(originals)
+    fig, axes = _subplots(2, columns, figsize=(1.2 * columns, 2.8), squeeze=False)
+    for row, (images, label) in enumerate(((originals, "original"), (rebuilt, "reconstruction"))):
+        for ax, image in zip(axes[row], images, strict=True):
+            ax.imshow(image.squeeze(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[])
+        axes[row][0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def codes_by_class(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str, axis_names: tuple[str, str],
+                   path: Path) -> Path:
+    """Points (N, 2), one colour per class."""
+    fig, ax = _subplots(figsize=(6.4, 5.2))
+    for index, name in enumerate(classes):
+        chosen = labels == index
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.5, label=name, color=f"C{index % 10}")
+    ax.set(title=title, xlabel=axis_names[0], ylabel=axis_names[1])
+    ax.legend(fontsize=7, markerscale=4, loc="best")
+    return _save(fig, path)

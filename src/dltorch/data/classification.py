@@ -7,34 +7,24 @@
   split. Images are grayscale when every training image is, else RGB; `train.image_size` resizes them all, and
   without it they must all be of one size.
 
-Either way the classes travel with the tensors (LabelledImages.classes) into the model bundle and the ONNX file.
+The IDX reader is data/idx.py (shared with the autoencoder). Either way the classes travel with the tensors
+(LabelledImages.classes) into the model bundle and the ONNX file.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dltorch.data.datasets import CLASSES, DATASETS
-from dltorch.data.tensors import TensorData, split_validation
+from dltorch.data.idx import load_split
+from dltorch.data.tensors import LabelledImages, TensorData, split_validation
 from dltorch.errors import DataError
 
 TRAIN, VAL, TEST = "train", "val", "test"  # an image folder's splits
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
-
-
-@dataclass(frozen=True)
-class LabelledImages(TensorData):
-    """Pixels (N, C, H, W) in [0, 1], class indices (N,), and the name of each index."""
-
-    classes: tuple[str, ...] = ()
-
-    def subset(self, index: torch.Tensor) -> LabelledImages:
-        return LabelledImages(self.inputs[index], self.targets[index], self.classes)
 
 
 def is_image_folder(data: Path) -> bool:
@@ -57,30 +47,6 @@ def load_test(data: Path, dataset: str, image_size: tuple[int, int] | None = Non
     if not is_image_folder(data):
         return load_split(data, dataset, train=False)
     return ImageFolderSplits(data, image_size).load(TEST)
-
-
-def _read_idx(path: Path) -> torch.Tensor:
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the fetch stage first (dvc repro fetch)")
-    try:
-        return read_sn3_pascalvincent_tensor(str(path), strict=False)
-    except Exception as exc:  # torchvision raises bare asserts/ValueErrors on a bad header
-        raise DataError(f"{path}: not a valid IDX file ({exc or type(exc).__name__})") from None
-
-
-def load_split(raw_root: Path, dataset: str, train: bool) -> LabelledImages:
-    folder = raw_root / DATASETS[dataset].folder / "raw"
-    if not folder.parent.is_dir():
-        raise DataError(f"{folder}: missing; run the fetch stage first (dvc repro fetch), or give the model an "
-                        f"image folder ({TRAIN}/<class>/<image>) as data")
-    prefix = "train" if train else "t10k"
-    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte")
-    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte")
-    if images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"{folder}: {prefix} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
-    return LabelledImages(images.unsqueeze(1).float().div_(255), labels.long(), tuple(CLASSES[dataset]))
 
 
 class ImageFolderSplits:

@@ -29,3 +29,13 @@ def split_validation(data: TensorData, val_size: int, seed: int) -> tuple[Tensor
         raise DataError(f"val_size {val_size} leaves no training data out of {len(data)} samples")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[val_size:]), data.subset(order[:val_size])
+
+
+@dataclass(frozen=True)
+class LabelledImages(TensorData):
+    """Pixels (N, C, H, W) in [0, 1], class indices (N,), and the name of each index."""
+
+    classes: tuple[str, ...] = ()
+
+    def subset(self, index: torch.Tensor) -> LabelledImages:
+        return LabelledImages(self.inputs[index], self.targets[index], self.classes)

@@ -29,6 +29,7 @@ from dltorch.export import (
     onnx_session,
     quantize_onnx,
     run_onnx,
+    run_onnx_outputs,
     write_metadata,
 )
 from dltorch.io import atomic_path, read_json, write_json
@@ -65,7 +66,7 @@ class Subject:
     """What the steps work on: the trained model, its task, its training settings, its test set and score."""
 
     bundle: ModelBundle
-    model: torch.nn.Module
+    model: torch.nn.Module  # what the ONNX file holds: the task's export view of the trained model
     task: Any
     settings: TrainConfig
     test: TensorData
@@ -95,8 +96,8 @@ def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
     bundle, model = load_model(paths.model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     settings = TrainConfig.model_validate(bundle.config["train"])
-    return Subject(bundle, model, task, settings, task.load_test(paths.data, bundle.dataset, settings=settings),
-                   score)
+    return Subject(bundle, task.export_view(model).eval(), task, settings,
+                   task.load_test(paths.data, bundle.dataset, settings=settings), score)
 
 
 def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run: Run) -> dict[str, Any]:
@@ -104,7 +105,8 @@ def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run
     task, test = subject.task, subject.test
     with atomic_path(paths.onnx) as candidate:
         export_onnx(subject.model, tuple(subject.bundle.inputs["in_shape"]), candidate, spec.opset, task.input_name,
-                    task.output_name, task.dynamic_axes)
+                    (task.output_name, *task.extra_outputs) if task.extra_outputs else task.output_name,
+                    task.dynamic_axes)
         write_metadata(candidate, model_metadata(subject.bundle))
         report = {"model": subject.bundle.name, "opset": spec.opset, **check_parity(
             candidate, subject.model, test.inputs, test.targets, spec.atol, spec.batch_size, task.parity_checks,
@@ -120,7 +122,11 @@ def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run
 def log_servable(subject: Subject, onnx_path: Path, run: Run, name: str = "model") -> str:
     """Log an ONNX file as an MLflow model, with a signature and input example from the test set; its URI."""
     example = subject.test.inputs[:SIGNATURE_EXAMPLES].numpy()
-    example_out = run_onnx(onnx_session(onnx_path), example, SIGNATURE_EXAMPLES)
+    session = onnx_session(onnx_path)
+    outputs = run_onnx_outputs(session, example, SIGNATURE_EXAMPLES)
+    # several outputs (an autoencoder's reconstruction and code) are named in the signature, in the graph's order
+    example_out = outputs[0] if len(outputs) == 1 else {
+        output.name: values for output, values in zip(session.get_outputs(), outputs, strict=True)}
     return run.log_onnx_model(onnx_path, example, example_out, name=name)
 
 

@@ -45,6 +45,10 @@ def _unchanged(net: nn.Module, inputs: dict[str, Any]) -> nn.Module:
     return net
 
 
+def _whole(model: nn.Module) -> nn.Module:
+    return model
+
+
 @dataclass(frozen=True)
 class Task:
     """Everything the pipeline asks of a task. Fields without a default are what every task must supply."""
@@ -77,6 +81,10 @@ class Task:
     # An architecture evaluate trains beside the model, with the model's args and train settings on the same data,
     # as the reference the report compares against (Evaluation.baseline): e.g. a node classifier without the edges.
     baseline: str | None = None
+    # What the ONNX file holds: the trained model itself, or a view of it (an autoencoder's encoder and decoder as
+    # two outputs). A view whose forward returns a tuple names the outputs after output_name in extra_outputs.
+    export_view: Callable[[nn.Module], nn.Module] = _whole
+    extra_outputs: tuple[str, ...] = ()
 
     def make_loss(self, name: str, label_smoothing: float = 0.0) -> Callable[..., Any]:
         if name not in self.losses:
