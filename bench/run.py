@@ -85,7 +85,8 @@ def bench_model(params, name: str, raw_root: Path, peak: float) -> dict:
                                          dataset, inputs["mean"], inputs["std"])
     ours_rate, theirs_rate = len(train) / ours, their_samples / theirs
     achieved = flops * len(train) / ours / 1e9
-    return {"model": name, "epoch_s": ours, "samples_per_s": ours_rate, "course_samples_per_s": theirs_rate,
+    return {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "epoch_s": ours,
+            "samples_per_s": ours_rate, "course_samples_per_s": theirs_rate,
             "speedup": ours_rate / theirs_rate, "gflop_per_sample": flops / 1e9, "achieved_gflops": achieved,
             "x_of_flop_bound": peak / achieved}
 
@@ -116,15 +117,15 @@ def main() -> None:
     names = args.models or [n for n, m in params.models.items() if m.task == "classification"]
     peak = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul {peak:.1f} GFLOP/s\n")
-    print("| model | s/epoch | samples/s | course loop samples/s | speed-up | MFLOP/sample (train) "
-          "| achieved GFLOP/s | x of FLOP bound |\n|---|---|---|---|---|---|---|---|")
+    print("| model | parameters | s/epoch | samples/s | course loop samples/s | speed-up | MFLOP/sample (train) "
+          "| achieved GFLOP/s | x of FLOP bound |\n|---|---|---|---|---|---|---|---|---|")
     rows = []
     for name in names:
         row = bench_model(params, name, args.data, peak)
         rows.append(row)
-        print(f"| {name} | {row['epoch_s']:.2f} | {row['samples_per_s']:,.0f} | {row['course_samples_per_s']:,.0f} "
-              f"| {row['speedup']:.2f}x | {row['gflop_per_sample'] * 1e3:.2f} | {row['achieved_gflops']:.1f} "
-              f"| {row['x_of_flop_bound']:.1f}x |", flush=True)
+        print(f"| {name} | {row['parameters']:,} | {row['epoch_s']:.2f} | {row['samples_per_s']:,.0f} "
+              f"| {row['course_samples_per_s']:,.0f} | {row['speedup']:.2f}x | {row['gflop_per_sample'] * 1e3:.2f} "
+              f"| {row['achieved_gflops']:.1f} | {row['x_of_flop_bound']:.1f}x |", flush=True)
     if "resnet" in params.models:
         print("\n" + time_to_accuracy(ModelFiles.of("resnet").history, 0.93))
     if args.json:
