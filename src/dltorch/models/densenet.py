@@ -5,7 +5,7 @@ growth_rate) reads the concatenation of the block's input and all earlier layers
 blocks (BN-ReLU-1x1 conv compressing the channels by `compression`, 2x2 average pool); a final BN-ReLU, global
 average pooling and one linear classifier. Scaled down: a stem of one 3x3 convolution (2 * growth_rate channels)
 and a max pool (28 -> 14) instead of the 7x7 stride-2 convolution and pool for 224 pixels, three blocks (at 14, 7
-and 3 pixels) of few layers, and a small growth rate (the CIFAR DenseNet-BC has 3 blocks and growth rate 12).
+and 3 pixels) of 2, 6 and 6 layers, and a small growth rate (the CIFAR DenseNet-BC has 3 blocks and growth rate 12).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dltorch.models.registry import register_model
 
 @register_model
 def densenet(in_shape: tuple[int, ...], num_outputs: int, growth_rate: int = 12,
-             layers: list[int] = [4, 8, 8], bn_size: int = 4, compression: float = 0.5) -> nn.Module:  # noqa: B006
+             layers: list[int] = [2, 6, 6], bn_size: int = 4, compression: float = 0.5) -> nn.Module:  # noqa: B006
     """Block i has layers[i] dense layers; a transition follows every block but the last."""
     if not layers or min(layers) < 1 or not 0 < compression <= 1:
         raise ValueError(f"layers must list 1 or more dense layers per block and 0 < compression <= 1, "

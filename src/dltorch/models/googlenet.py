@@ -6,7 +6,7 @@ Kept: Inception blocks, each four parallel branches concatenated on channels (a 
 Fixed: torchvision's Inception has a 3x3 convolution in its "5x5" branch (pytorch/vision#906, kept there for its
 pretrained weights); here that branch is the paper's 5x5. Scaled down: every channel count times `width` (0.25 by
 default), a stem of one 3x3 convolution and a max pool (28 -> 14) instead of the 7x7/3x3 stem for 224 pixels, the
-first `blocks[i]` blocks of stage i (2 of 3a-3b at 14 pixels, 2 of 4a-4e at 7), and no auxiliary classifiers (they
+first `blocks[i]` blocks of stage i (by default 3a at 14 pixels, 4a and 4b at 7), and no auxiliary classifiers (they
 helped the 22-layer network's gradients; at this depth BatchNorm does).
 """
 
@@ -39,7 +39,7 @@ class InceptionBlock(Inception):
 
 @register_model
 def googlenet(in_shape: tuple[int, ...], num_outputs: int, width: float = 0.25,
-              blocks: list[int] = [2, 2], dropout: float = 0.4) -> nn.Module:  # noqa: B006
+              blocks: list[int] = [1, 2], dropout: float = 0.4) -> nn.Module:  # noqa: B006
     """stem (3x3 conv, pool) -> stage 3 -> pool -> stage 4 [-> pool -> stage 5] -> global pool -> dropout -> FC."""
     if not 1 <= len(blocks) <= len(STAGES) or any(not 1 <= n <= len(s) for n, s in zip(blocks, STAGES, strict=False)):
         raise ValueError(f"blocks must take 1 to {[len(s) for s in STAGES]} blocks from up to {len(STAGES)} stages, "
