@@ -10,6 +10,7 @@ import torch
 
 from dltorch.config import load_params, parse_params
 from dltorch.errors import ParamsError
+from dltorch.export import check_parity, export_onnx
 from dltorch.models import create, names, register_model
 from dltorch.models.registry import get
 from dltorch.pipeline.evaluate import evaluate
@@ -47,7 +48,7 @@ def test_registry_rejects_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="registered twice"):
         register_model(get("mlp"))
     with pytest.raises(ValueError, match=f"known: {', '.join(names())}$"):
-        get("alexnet")
+        get("inception")
 
 
 def test_invalid_architecture_arguments_are_params_errors():
@@ -59,6 +60,67 @@ def test_invalid_architecture_arguments_are_params_errors():
         create("lstm", {"cell": "transformer"}, in_shape=(16, 1), num_outputs=4)
     with pytest.raises(ParamsError, match="unet: features must list 1 to 4 positive widths"):
         create("unet", {"features": [8, 16, 32, 64, 128]}, in_shape=(3, 32, 32), num_outputs=1)
+    with pytest.raises(ParamsError, match="alexnet: widths must list the 5 convolutions' channels, not 3"):
+        create("alexnet", {"widths": [8, 16, 32]}, in_shape=(1, 28, 28), num_outputs=10)
+    with pytest.raises(ParamsError, match=r"vgg: convs must list 1 or more convolutions per stage, at most 4 stages"):
+        create("vgg", {"convs": [1, 1, 1, 1, 1]}, in_shape=(1, 28, 28), num_outputs=10)
+    with pytest.raises(ParamsError, match=r"googlenet: blocks must take 1 to \[2, 5, 2\] blocks"):
+        create("googlenet", {"blocks": [3]}, in_shape=(1, 28, 28), num_outputs=10)
+    with pytest.raises(ParamsError, match="densenet: layers must list 1 or more dense layers per block"):
+        create("densenet", {"layers": [2, 0]}, in_shape=(1, 28, 28), num_outputs=10)
+
+
+# The classic CNN families at tiny widths: a few channels each, so export and parity take a second.
+TINY_CNNS = {
+    "alexnet": {"widths": [4, 4, 6, 6, 4], "hidden": 8},
+    "vgg": {"width": 4, "convs": [1, 2, 1]},
+    "googlenet": {"width": 0.0625, "blocks": [2, 1]},
+    "densenet": {"growth_rate": 4, "layers": [2, 2], "bn_size": 2},
+}
+
+
+def _trained_a_little(arch: str) -> torch.nn.Module:
+    """A tiny model after a few SGD steps in channels-last (as the engine trains), so BatchNorm's running
+    statistics and the weights are not their initial values when it is exported."""
+    torch.manual_seed(0)
+    model = create(arch, TINY_CNNS[arch], in_shape=(1, 28, 28), num_outputs=10).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        images = torch.rand(16, 1, 28, 28).to(memory_format=torch.channels_last)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), torch.randint(0, 10, (16,))).backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_CNNS))
+def test_classic_cnns_agree_in_channels_last_and_in_onnx(arch: str, tmp_path: Path):
+    model = _trained_a_little(arch)
+    images = torch.rand(40, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images.to(memory_format=torch.channels_last)), model(images),
+                                   atol=1e-5, rtol=1e-4)
+    path = tmp_path / f"{arch}.onnx"
+    export_onnx(model, (1, 28, 28), path, 18, "pixels", "logits")
+    report = check_parity(path, model, images, torch.zeros(40, dtype=torch.long), atol=1e-4, batch_size=16)
+    assert report["passed"], report["checks"]
+
+
+def test_googlenet_inception_has_the_papers_four_branches():
+    """torchvision's Inception puts a 3x3 in its "5x5" branch (pytorch/vision#906); ours has the paper's 5x5."""
+    block = create("googlenet", TINY_CNNS["googlenet"], in_shape=(1, 28, 28), num_outputs=10)[2]
+    kernels = [[m.kernel_size for m in branch.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d))]
+               for branch in (block.branch1, block.branch2, block.branch3, block.branch4)]
+    assert kernels == [[(1, 1)], [(1, 1), (3, 3)], [(1, 1), (5, 5)], [3, (1, 1)]]
+    assert block(torch.rand(2, block.branch1.conv.in_channels, 14, 14)).shape[1] == block.outputs
+
+
+def test_densenet_layers_see_every_earlier_feature_map_and_transitions_compress():
+    growth, stem = 4, 8
+    model = create("densenet", TINY_CNNS["densenet"], in_shape=(1, 28, 28), num_outputs=10)
+    first_block, transition = model[2], model[3]
+    assert [layer.conv1.in_channels for layer in first_block.values()] == [stem, stem + growth]
+    assert (transition.conv.in_channels, transition.conv.out_channels) == (stem + 2 * growth, (stem + 2 * growth) // 2)
 
 
 def test_softmax_regression_is_one_linear_layer():
