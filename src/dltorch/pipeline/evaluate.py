@@ -29,7 +29,8 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     train_cfg = bundle.config["train"]
-    test = task.load_test(data, bundle.dataset, settings=TrainConfig.model_validate(train_cfg))
+    test = task.test_inputs(task.load_test(data, bundle.dataset, settings=TrainConfig.model_validate(train_cfg)),
+                            model)
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
     history = read_json(model_dir / HISTORY_FILE)
@@ -37,7 +38,7 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     if task.baseline is not None:
         baseline = engine.predict(train_baseline(task, data, bundle), test.inputs, 1000, engine.select_device("cpu"))
     report, figures = task.report(Evaluation(model, outputs, test, loss, data, bundle.dataset, bundle.name,
-                                             history, out_dir, baseline))
+                                             history, out_dir, baseline, train_cfg["seed"]))
     metrics, details = split_report(report, task, history)
     if gate is not None:
         details["gate"] = judge(metrics, gate)
@@ -62,9 +63,7 @@ def train_baseline(task: Task, data: Path, bundle: ModelBundle) -> torch.nn.Modu
     train, val = task.load_train_val(data, bundle.dataset, settings.val_size, settings.seed, settings=settings)
     torch.manual_seed(settings.seed)
     baseline = build_model(task.baseline, bundle.args, task.name, task.model_inputs(train, bundle.dataset))
-    objective = engine.Objective(task.make_loss(settings.loss, settings.label_smoothing), task.batch_scores,
-                                 task.monitor)
-    engine.fit(baseline, objective, train, val, settings, None)
+    engine.fit(baseline, engine.Objective.for_task(task, settings), train, val, settings, None)
     return baseline.cpu().eval()
 
 

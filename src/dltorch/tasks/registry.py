@@ -16,8 +16,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from dltorch.bundle import ModelBundle
     from dltorch.config import TrainConfig
     from dltorch.data.tensors import TensorData
+    from dltorch.engine import OptimizersFn, StepFn
+
+Scorer = Callable[["np.ndarray", "np.ndarray"], dict[str, float]]  # (onnxruntime outputs, targets) -> test metrics
 
 
 
@@ -35,6 +39,7 @@ class Evaluation:
     history: list[dict[str, Any]]
     out_dir: Path
     baseline: torch.Tensor | None = None  # the test outputs of the task's baseline model, if it has one
+    seed: int = 0  # the model's train.seed (a GAN's report rebuilds its untrained start from it)
 
 
 def _data_stem(data: Path, fetched: str) -> str:
@@ -47,6 +52,14 @@ def _unchanged(net: nn.Module, inputs: dict[str, Any]) -> nn.Module:
 
 def _whole(model: nn.Module) -> nn.Module:
     return model
+
+
+def _as_loaded(test: TensorData, model: nn.Module) -> TensorData:
+    return test
+
+
+def _in_shape(bundle: ModelBundle, model: nn.Module) -> tuple[int, ...]:
+    return tuple(bundle.inputs["in_shape"])  # the model reads samples of the data's shape
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,25 @@ class Task:
     # two outputs). A view whose forward returns a tuple names the outputs after output_name in extra_outputs.
     export_view: Callable[[nn.Module], nn.Module] = _whole
     extra_outputs: tuple[str, ...] = ()
+    # A task that trains by its own step (a GAN's two players): the step and the named optimizers it steps (see
+    # engine.Objective); None: the supervised step, one optimizer from the train settings.
+    step: StepFn | None = None
+    optimizers: OptimizersFn | None = None
+    # What the model is tested on, from the loaded test set and the model: the set itself, or a generator's fixed
+    # noise as inputs with the test images as targets. Evaluate and export (parity, scores) both use it.
+    test_inputs: Callable[[TensorData, nn.Module], TensorData] = _as_loaded
+    # The sample shape of the ONNX export's example input (bundle, export view): the data's, or a generator's noise.
+    export_shape: Callable[[ModelBundle, nn.Module], tuple[int, ...]] = _in_shape
+    # Where onnx_metrics needs something trained on the data (a GAN's judge classifier): (data, dataset) -> the
+    # scorer, built once per export; None: onnx_metrics itself.
+    onnx_scorer: Callable[[Path, str], Scorer] | None = None
+    # After each trained epoch, figures of the model for its MLflow run (model, epoch, folder) -> the files, e.g. a
+    # GAN's samples on fixed noise.
+    epoch_figures: Callable[[nn.Module, int, Path], list[Path]] | None = None
+
+    def scorer(self, data: Path, dataset: str) -> Scorer:
+        """What scores onnxruntime's outputs (export's INT8 gate and the registry's metric)."""
+        return self.onnx_scorer(data, dataset) if self.onnx_scorer is not None else self.onnx_metrics
 
     def make_loss(self, name: str, label_smoothing: float = 0.0) -> Callable[..., Any]:
         if name not in self.losses:
