@@ -16,12 +16,12 @@ from dltorch.bundle import load_model
 from dltorch.config import parse_params
 from dltorch.data.gan import fixed_noise
 from dltorch.errors import ParamsError
-from dltorch.frechet import frechet_distance_of
 from dltorch.models import create
-from dltorch.pipeline.evaluate import evaluate
+from dltorch.onnx_server import BadRequest, OnnxModel, download
+from dltorch.pipeline.evaluate import evaluate, train_judge
 from dltorch.pipeline.train import train
 from dltorch.tasks import get_task
-from dltorch.tasks.gan import NOISE_SEED, class_shares, features, judge, untrained
+from dltorch.tasks.gan import NOISE_SEED, class_shares, features, frechet_distance_of, untrained
 from tests.helpers import export_trained
 
 TASK = get_task("gan")
@@ -74,7 +74,7 @@ def test_a_tiny_run_trains_evaluates_exports_and_serves_the_generator(tmp_path: 
 
     metrics = evaluate(raw_root, model_dir, model_dir / "eval")
     details = json.loads((model_dir / "eval" / "details.json").read_text())
-    classifier, _ = judge(raw_root, "fashion_mnist")
+    classifier = train_judge(TASK, raw_root, "fashion_mnist")
     _, model = load_model(model_dir / "model.pt")
     test = TASK.test_inputs(TASK.load_test(raw_root, "fashion_mnist"), model)
     with torch.no_grad():
@@ -97,3 +97,8 @@ def test_a_tiny_run_trains_evaluates_exports_and_serves_the_generator(tmp_path: 
     served = mlflow.pyfunc.load_model(f"models:/gan/{deploy['registry']['fp32']['version']}")
     answer = served.predict(test.inputs[:3].numpy())
     np.testing.assert_allclose(answer["images"], generated[:3].numpy(), atol=1e-4)
+    onnx_backend = OnnxModel.load(download(f"models:/gan/{deploy['registry']['fp32']['version']}", tmp_path / "served"))
+    answer = onnx_backend.predict({"inputs": test.inputs[:3].tolist()})  # `dltorch serve --backend onnx`'s model
+    np.testing.assert_allclose(answer["images"], generated[:3].numpy(), atol=1e-4)
+    with pytest.raises(BadRequest, match="does not match expected shape"):
+        onnx_backend.predict({"inputs": torch.rand(2, 1, 28, 28).tolist()})  # images are not noise

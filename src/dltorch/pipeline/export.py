@@ -34,6 +34,7 @@ from dltorch.export import (
 )
 from dltorch.io import atomic_path, read_json, write_json
 from dltorch.layout import DEPLOY_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, PARITY_FILE, RUN_FILE
+from dltorch.pipeline.evaluate import train_judge
 from dltorch.tasks import get_task
 from dltorch.tracking import Run, Tracker
 
@@ -148,7 +149,7 @@ def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: R
     """Score and time both files under onnxruntime, then the gate (int8_verdict)."""
     inputs, targets = subject.test.inputs.numpy(), subject.test.targets.numpy()
     measured: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": LATENCY_RUNS}
-    scorer = subject.task.scorer(paths.data, subject.bundle.dataset)
+    scorer = subject.task.scorer(train_judge(subject.task, paths.data, subject.bundle.dataset))
     for precision, path in (("fp32", paths.onnx), ("int8", paths.int8)):
         scores = scorer(run_onnx(onnx_session(path), inputs, spec.batch_size), targets)
         measured[precision] = {rule.metric: scores[rule.metric], "latency_ms": time_onnx(path, inputs),

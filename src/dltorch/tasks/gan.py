@@ -2,8 +2,8 @@
 the engine's one loop. Its model is the generator: noise (N, noise) -> images (N, 1, 28, 28) in [0, 1].
 
 Quality is a Fréchet distance (the formula of FID) in the feature space of a judge: FID's Inception network cannot
-be downloaded here, so evaluate trains the project's LeNet-5 (JUDGE_ARCH, seeded, JUDGE_EPOCHS on the training
-images) and takes its penultimate layer (84 numbers). It is trained there rather than read from a model's files
+be downloaded here, so evaluate trains the project's LeNet-5 (Task.judge: 2 epochs on the training images and labels,
+seeded) and takes its penultimate layer (84 numbers). It is trained there rather than read from a model's files
 because dvc.yaml's evaluate stage is one template for every model and cannot depend on another model's outputs;
 export trains it again (the same seed and data: the same judge) to score the ONNX files. Beside the distance of
 10,000 generated images to the 10,000 test images: the floor (10,000 training images to the test images) and the
@@ -13,7 +13,6 @@ images by the judge's labels (mode collapse leaves classes out)."""
 from __future__ import annotations
 
 import copy
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltorch import engine, plots
+from dltorch import plots
 from dltorch.config import TrainConfig
 from dltorch.data.datasets import CLASSES
 from dltorch.data.gan import fixed_noise, load_images
 from dltorch.data.tensors import TensorData
 from dltorch.errors import ParamsError
-from dltorch.frechet import frechet_distance_of
 from dltorch.io import write_csv
-from dltorch.models import create
 from dltorch.models.gan import GAN, adversarial_step, optimizers
 from dltorch.tasks.registry import Evaluation, Task, register_task
 
@@ -37,10 +34,42 @@ GOAL_RATIO = 0.1  # the trained generator's distance at most a tenth of the untr
 GOAL_SHARE = 0.04  # every class at least 4% of the generated images (a uniform share is 10%)
 NOISE_SEED = 2024  # the fixed noise: evaluate's generated images, export's parity set, the per-epoch grids
 SHOWN = 64  # generated images in a grid
-# The judge: LeNet-5, trained by the engine on the training images, always the same way.
+# The judge (Task.judge): LeNet-5, trained by the pipeline on the training images and labels, always the same way.
 JUDGE_ARCH, JUDGE_SETTINGS = "lenet5", TrainConfig(epochs=2, batch_size=128, optimizer="adam", lr=1e-3, val_size=0,
                                                    seed=0, device="cpu")
 FLOOR_SAMPLES = 10_000  # training images against the test images: the distance of real to real
+
+
+# The Fréchet distance between two Gaussians fitted to feature vectors (the formula of FID, Heusel et al. 2017):
+# |mu1 - mu2|^2 + tr(C1) + tr(C2) - 2 tr((C1 C2)^(1/2)). Computed with symmetric eigen-decompositions in float64:
+# tr((C1 C2)^(1/2)) = tr((S C2 S)^(1/2)) with S = C1^(1/2), and S C2 S is symmetric positive semi-definite, so its
+# square root's trace is the sum of the square roots of its eigenvalues; no scipy, no complex parts to discard.
+
+
+def gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance (unbiased, as numpy's cov) of rows of features, in float64."""
+    rows = features.double()
+    if rows.ndim != 2 or len(rows) < 2:
+        raise ValueError(f"features must be (N >= 2, D), not {tuple(features.shape)}")
+    return rows.mean(0), torch.cov(rows.T).reshape(rows.shape[1], rows.shape[1])
+
+
+def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def frechet_distance(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Between Gaussians given as (mean, covariance)."""
+    (mean1, cov1), (mean2, cov2) = first, second
+    root = _sqrt_psd(cov1)
+    cross = torch.linalg.eigvalsh(root @ cov2 @ root).clamp(min=0).sqrt().sum()
+    return float((mean1 - mean2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * cross)
+
+
+def frechet_distance_of(features1: torch.Tensor, features2: torch.Tensor) -> float:
+    """Between the Gaussians fitted to two sets of feature rows."""
+    return frechet_distance(gaussian(features1), gaussian(features2))
 
 
 def dataset_name(data: Path, fetched: str) -> str:
@@ -93,26 +122,15 @@ def mean_image_gap(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return (generated.float().mean(0) - real.float().mean(0)).pow(2).mean()
 
 
-@cache
-def judge(data: Path, dataset: str) -> tuple[nn.Sequential, float]:
-    """The judge classifier, trained on the training images (the same seed: the same judge in evaluate and
-    export), and its test accuracy."""
-    train = load_images(data, dataset, train=True)
-    torch.manual_seed(JUDGE_SETTINGS.seed)
-    classifier = create(JUDGE_ARCH, {}, in_shape=tuple(train.inputs.shape[1:]), num_outputs=len(CLASSES[dataset]))
-    objective = engine.Objective(nn.CrossEntropyLoss(), lambda outputs, targets: {})
-    with torch.enable_grad():  # trains even when asked from inside a no_grad report
-        engine.fit(classifier, objective, train, None, JUDGE_SETTINGS, None)
-    test = load_images(data, dataset, train=False)
-    predicted = engine.predict(classifier, test.inputs, 1000, torch.device("cpu")).argmax(1)
-    return classifier.cpu().eval(), (predicted == test.targets).double().mean().item()
-
-
 @torch.no_grad()
 def features(classifier: nn.Sequential, images: torch.Tensor) -> torch.Tensor:
     """The judge's penultimate layer: every layer but the last (the class scores)."""
     body = classifier[:-1].eval()
     return torch.cat([body(images[i : i + 1000]) for i in range(0, len(images), 1000)])
+
+
+def _generate(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
+    return torch.cat([generator(noise[i : i + 1000]) for i in range(0, len(noise), 1000)])
 
 
 def class_shares(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -135,11 +153,13 @@ def untrained(model: GAN, seed: int) -> GAN:
 def report(run: Evaluation) -> tuple[dict[str, Any], list[Path]]:
     """The Fréchet distance with its floor and ceiling, the class shares, the goals; the figures."""
     name, out_dir, noise, real = run.name, run.out_dir, run.test.inputs, run.test.targets
-    classifier, judge_accuracy = judge(run.data, run.dataset)
+    classifier = run.judge
+    labels = load_images(run.data, run.dataset, train=False).targets
+    judge_accuracy = (classifier(real).argmax(1) == labels).double().mean().item()
     real_features = features(classifier, real)
     train_images = load_images(run.data, run.dataset, train=True).inputs
     sample = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(NOISE_SEED))[:FLOOR_SAMPLES]
-    ceiling_images = engine.predict(untrained(_gan(run.model), run.seed), noise, 1000, torch.device("cpu"))
+    ceiling_images = _generate(untrained(_gan(run.model), run.seed), noise)
     distance = frechet_distance_of(features(classifier, run.outputs), real_features)
     floor = frechet_distance_of(features(classifier, train_images[sample]), real_features)
     ceiling = frechet_distance_of(features(classifier, ceiling_images), real_features)
@@ -193,20 +213,19 @@ def parity_checks(expected: np.ndarray, actual: np.ndarray, targets: np.ndarray)
     return {}, {}
 
 
-def onnx_scorer(data: Path, dataset: str) -> Any:
+def onnx_scorer(judge: nn.Module) -> Any:
     """Scores onnxruntime's images as evaluate scores torch's: their Fréchet distance to the test images in the
     judge's features."""
-    classifier, _ = judge(data, dataset)
 
     def scores(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        return {"frechet_distance": frechet_distance_of(features(classifier, torch.from_numpy(outputs)),
-                                                        features(classifier, torch.from_numpy(targets)))}
+        return {"frechet_distance": frechet_distance_of(features(judge, torch.from_numpy(outputs)),
+                                                        features(judge, torch.from_numpy(targets)))}
 
     return scores
 
 
 def onnx_metrics(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    raise TypeError("the gan task's ONNX scores need the judge trained on the data: use Task.scorer")
+    raise TypeError("the gan task's ONNX scores need its judge (Task.scorer with the trained judge)")
 
 
 TASK = register_task(Task(
@@ -223,5 +242,5 @@ TASK = register_task(Task(
     load_train_val=load_train_val, load_test=load_test, model_inputs=model_inputs, batch_scores=batch_scores,
     parity_checks=parity_checks, onnx_metrics=onnx_metrics, report=report, dataset_name=dataset_name,
     step=adversarial_step, optimizers=optimizers, test_inputs=test_inputs, export_shape=export_shape,
-    onnx_scorer=onnx_scorer, epoch_figures=epoch_figures,
+    judge=(JUDGE_ARCH, JUDGE_SETTINGS), onnx_scorer=onnx_scorer, epoch_figures=epoch_figures,
 ))

@@ -40,6 +40,7 @@ class Evaluation:
     out_dir: Path
     baseline: torch.Tensor | None = None  # the test outputs of the task's baseline model, if it has one
     seed: int = 0  # the model's train.seed (a GAN's report rebuilds its untrained start from it)
+    judge: nn.Module | None = None  # the task's judge classifier (Task.judge), trained on the data
 
 
 def _data_stem(data: Path, fetched: str) -> str:
@@ -107,16 +108,19 @@ class Task:
     test_inputs: Callable[[TensorData, nn.Module], TensorData] = _as_loaded
     # The sample shape of the ONNX export's example input (bundle, export view): the data's, or a generator's noise.
     export_shape: Callable[[ModelBundle, nn.Module], tuple[int, ...]] = _in_shape
-    # Where onnx_metrics needs something trained on the data (a GAN's judge classifier): (data, dataset) -> the
-    # scorer, built once per export; None: onnx_metrics itself.
-    onnx_scorer: Callable[[Path, str], Scorer] | None = None
+    # A classifier evaluate and export train on the task's training data (its targets the class labels), seeded, as
+    # a judge of the model's outputs: (architecture, its train settings); e.g. a GAN's Fréchet distance is measured
+    # in its features. It reaches the report as Evaluation.judge, and export's scores through onnx_scorer.
+    judge: tuple[str, TrainConfig] | None = None
+    # With a judge: judge -> what scores onnxruntime's outputs in place of onnx_metrics.
+    onnx_scorer: Callable[[nn.Module], Scorer] | None = None
     # After each trained epoch, figures of the model for its MLflow run (model, epoch, folder) -> the files, e.g. a
     # GAN's samples on fixed noise.
     epoch_figures: Callable[[nn.Module, int, Path], list[Path]] | None = None
 
-    def scorer(self, data: Path, dataset: str) -> Scorer:
+    def scorer(self, judge: nn.Module | None) -> Scorer:
         """What scores onnxruntime's outputs (export's INT8 gate and the registry's metric)."""
-        return self.onnx_scorer(data, dataset) if self.onnx_scorer is not None else self.onnx_metrics
+        return self.onnx_scorer(judge) if self.onnx_scorer is not None and judge is not None else self.onnx_metrics
 
     def make_loss(self, name: str, label_smoothing: float = 0.0) -> Callable[..., Any]:
         if name not in self.losses:
