@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from dltorch.bundle import load_model
-from dltorch.config import parse_params
+from dltorch.bundle import ModelBundle, load_model
+from dltorch.config import TrainConfig, parse_params
 from dltorch.data.gan import fixed_noise
 from dltorch.errors import ParamsError
 from dltorch.models import create
 from dltorch.onnx_server import BadRequest, OnnxModel, download
 from dltorch.pipeline.evaluate import evaluate, train_judge
+from dltorch.pipeline.export import Subject, _calibration_set
 from dltorch.pipeline.train import train
 from dltorch.tasks import get_task
 from dltorch.tasks.gan import NOISE_SEED, class_shares, features, frechet_distance_of, untrained
@@ -56,6 +57,15 @@ def test_the_model_is_tested_and_exported_on_noise_of_its_own_width():
     assert test.inputs.shape == (5, 12) and torch.equal(test.targets, images)
     assert torch.equal(test.inputs, fixed_noise(5, 12, NOISE_SEED))
     assert TASK.export_shape(None, model) == (12,)
+
+
+def test_static_quantization_calibrates_the_generator_on_noise(raw_root: Path):
+    model = create("gan", {"noise": 12, "width": 4}, in_shape=(1, 28, 28), num_outputs=1).eval()
+    bundle = ModelBundle("gan", "gan", {"noise": 12, "width": 4}, "gan", "fashion_mnist", {}, {})
+    subject = Subject(bundle, model, TASK, TrainConfig(val_size=0, seed=0), TASK.load_test(raw_root, "fashion_mnist"),
+                      0.0)
+    calibration = _calibration_set(subject, raw_root, 20)
+    assert calibration.shape == (20, 12)
 
 
 def test_a_validation_split_is_refused(raw_root: Path):

@@ -103,8 +103,8 @@ class Task:
     # engine.Objective); None: the supervised step, one optimizer from the train settings.
     step: StepFn | None = None
     optimizers: OptimizersFn | None = None
-    # What the model is tested on, from the loaded test set and the model: the set itself, or a generator's fixed
-    # noise as inputs with the test images as targets. Evaluate and export (parity, scores) both use it.
+    # What the model reads, from loaded data (the test set; export's calibration sample) and the model: the data
+    # itself, or a generator's fixed noise as inputs with the images as targets. Evaluate and export both use it.
     test_inputs: Callable[[TensorData, nn.Module], TensorData] = _as_loaded
     # The sample shape of the ONNX export's example input (bundle, export view): the data's, or a generator's noise.
     export_shape: Callable[[ModelBundle, nn.Module], tuple[int, ...]] = _in_shape
