@@ -243,8 +243,8 @@ def _calibration_set(subject: Subject, data: Path, size: int) -> np.ndarray:
     generator = torch.Generator().manual_seed(settings.seed)
     if isinstance(train, StreamedData):
         return next(train.batches(size, generator)).inputs.numpy()
-    order = torch.randperm(len(train), generator=generator)
-    return train.inputs[order[:size]].numpy()
+    sample = train.subset(torch.randperm(len(train), generator=generator)[:size])
+    return subject.task.test_inputs(sample, subject.model).inputs.numpy()  # what the graph reads: a GAN's noise
 
 
 def _deploy_metrics(int8: dict, registry: dict) -> dict[str, float]:
