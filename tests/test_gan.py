@@ -15,9 +15,9 @@ from dltorch import distributed, engine
 from dltorch.config import TrainConfig
 from dltorch.data.tensors import TensorData
 from dltorch.errors import ParamsError
-from dltorch.frechet import frechet_distance, frechet_distance_of, gaussian
 from dltorch.models import create
 from dltorch.models.gan import adversarial_step, optimizers
+from dltorch.tasks.gan import frechet_distance, frechet_distance_of, gaussian
 from tests.helpers import assert_same_weights, interrupt_and_resume
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=2e-4, val_size=0, seed=0)

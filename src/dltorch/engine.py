@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from dltorch.data.streamed import StreamedData
 from dltorch.data.tensors import TensorData
 from dltorch.errors import DeviceError, ParamsError
 from dltorch.io import save_torch
+
+if TYPE_CHECKING:
+    from dltorch.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,13 @@ class Objective:
     monitor: tuple[str, str] = ("val_loss", "min")
     step: StepFn = supervised_step
     optimizers: OptimizersFn | None = None
+
+    @classmethod
+    def for_task(cls, task: Task, cfg: TrainConfig) -> Objective:
+        """A task's loss, scores and monitor; its own training step and optimizers where it has them (a GAN)."""
+        step = task.step if task.step is not None else supervised_step
+        return cls(task.make_loss(cfg.loss, cfg.label_smoothing), task.batch_scores, task.monitor, step,
+                   task.optimizers)
 
     def make_optimizers(self, model: nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         if self.optimizers is None:

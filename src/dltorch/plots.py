@@ -229,3 +229,15 @@ def codes_by_class(points: np.ndarray, labels: np.ndarray, classes: list[str], t
     ax.set(title=title, xlabel=axis_names[0], ylabel=axis_names[1])
     ax.legend(fontsize=7, markerscale=4, loc="best")
     return _save(fig, path)
+
+
+def sample_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> Path:
+    """Images (N, C, H, W) in [0, 1] in rows of `columns`: a generator's samples."""
+    rows = -(-len(images) // columns)
+    fig, axes = _subplots(rows, columns, figsize=(0.9 * columns, 0.9 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image in zip(axes.flat, images, strict=False):
+        ax.imshow(image.squeeze(), cmap="gray_r", vmin=0, vmax=1)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -18,6 +18,7 @@ from dltorch.config import GateConfig, TrainConfig
 from dltorch.errors import QualityGateError
 from dltorch.io import read_json, write_json
 from dltorch.layout import DETAILS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
+from dltorch.models import create
 from dltorch.tasks import Evaluation, Task, get_task
 from dltorch.tracking import Tracker
 
@@ -29,7 +30,8 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     train_cfg = bundle.config["train"]
-    test = task.load_test(data, bundle.dataset, settings=TrainConfig.model_validate(train_cfg))
+    test = task.test_inputs(task.load_test(data, bundle.dataset, settings=TrainConfig.model_validate(train_cfg)),
+                            model)
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
     loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
     history = read_json(model_dir / HISTORY_FILE)
@@ -37,7 +39,8 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     if task.baseline is not None:
         baseline = engine.predict(train_baseline(task, data, bundle), test.inputs, 1000, engine.select_device("cpu"))
     report, figures = task.report(Evaluation(model, outputs, test, loss, data, bundle.dataset, bundle.name,
-                                             history, out_dir, baseline))
+                                             history, out_dir, baseline, train_cfg["seed"],
+                                             train_judge(task, data, bundle.dataset)))
     metrics, details = split_report(report, task, history)
     if gate is not None:
         details["gate"] = judge(metrics, gate)
@@ -62,10 +65,23 @@ def train_baseline(task: Task, data: Path, bundle: ModelBundle) -> torch.nn.Modu
     train, val = task.load_train_val(data, bundle.dataset, settings.val_size, settings.seed, settings=settings)
     torch.manual_seed(settings.seed)
     baseline = build_model(task.baseline, bundle.args, task.name, task.model_inputs(train, bundle.dataset))
-    objective = engine.Objective(task.make_loss(settings.loss, settings.label_smoothing), task.batch_scores,
-                                 task.monitor)
-    engine.fit(baseline, objective, train, val, settings, None)
+    engine.fit(baseline, engine.Objective.for_task(task, settings), train, val, settings, None)
     return baseline.cpu().eval()
+
+
+def train_judge(task: Task, data: Path, dataset: str) -> torch.nn.Module | None:
+    """The task's judge (Task.judge), if it has one: its architecture trained by the engine with cross-entropy on
+    the task's training data and labels, with its own settings and seed (the same judge in evaluate and export),
+    without a checkpoint."""
+    if task.judge is None:
+        return None
+    arch, settings = task.judge
+    train, _ = task.load_train_val(data, dataset, 0, settings.seed, settings=settings)
+    torch.manual_seed(settings.seed)
+    judge = create(arch, {}, in_shape=tuple(train.inputs.shape[1:]), num_outputs=int(train.targets.max()) + 1)
+    engine.fit(judge, engine.Objective(torch.nn.CrossEntropyLoss(), lambda outputs, targets: {}), train, None,
+               settings, None)
+    return judge.cpu().eval()
 
 
 def split_report(report: dict[str, Any], task: Task, history: list[dict]) -> tuple[dict, dict]:

@@ -34,6 +34,7 @@ from dltorch.export import (
 )
 from dltorch.io import atomic_path, read_json, write_json
 from dltorch.layout import DEPLOY_FILE, INT8_FILE, MODEL_FILE, ONNX_FILE, PARITY_FILE, RUN_FILE
+from dltorch.pipeline.evaluate import train_judge
 from dltorch.tasks import get_task
 from dltorch.tracking import Run, Tracker
 
@@ -96,17 +97,17 @@ def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
     bundle, model = load_model(paths.model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     settings = TrainConfig.model_validate(bundle.config["train"])
-    return Subject(bundle, task.export_view(model).eval(), task, settings,
-                   task.load_test(paths.data, bundle.dataset, settings=settings), score)
+    test = task.test_inputs(task.load_test(paths.data, bundle.dataset, settings=settings), model)
+    return Subject(bundle, task.export_view(model).eval(), task, settings, test, score)
 
 
 def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run: Run) -> dict[str, Any]:
     """ONNX at paths.onnx only if onnxruntime matches torch on the whole test set; the report either way."""
     task, test = subject.task, subject.test
     with atomic_path(paths.onnx) as candidate:
-        export_onnx(subject.model, tuple(subject.bundle.inputs["in_shape"]), candidate, spec.opset, task.input_name,
-                    (task.output_name, *task.extra_outputs) if task.extra_outputs else task.output_name,
-                    task.dynamic_axes)
+        outputs = (task.output_name, *task.extra_outputs) if task.extra_outputs else task.output_name
+        export_onnx(subject.model, task.export_shape(subject.bundle, subject.model), candidate, spec.opset,
+                    task.input_name, outputs, task.dynamic_axes)
         write_metadata(candidate, model_metadata(subject.bundle))
         report = {"model": subject.bundle.name, "opset": spec.opset, **check_parity(
             candidate, subject.model, test.inputs, test.targets, spec.atol, spec.batch_size, task.parity_checks,
@@ -148,8 +149,9 @@ def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: R
     """Score and time both files under onnxruntime, then the gate (int8_verdict)."""
     inputs, targets = subject.test.inputs.numpy(), subject.test.targets.numpy()
     measured: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": LATENCY_RUNS}
+    scorer = subject.task.scorer(train_judge(subject.task, paths.data, subject.bundle.dataset))
     for precision, path in (("fp32", paths.onnx), ("int8", paths.int8)):
-        scores = subject.task.onnx_metrics(run_onnx(onnx_session(path), inputs, spec.batch_size), targets)
+        scores = scorer(run_onnx(onnx_session(path), inputs, spec.batch_size), targets)
         measured[precision] = {rule.metric: scores[rule.metric], "latency_ms": time_onnx(path, inputs),
                                "size_bytes": path.stat().st_size}
     return {**measured, **int8_verdict(measured, rule, spec.int8_max_drop), "mode": spec.quantize,
@@ -241,8 +243,8 @@ def _calibration_set(subject: Subject, data: Path, size: int) -> np.ndarray:
     generator = torch.Generator().manual_seed(settings.seed)
     if isinstance(train, StreamedData):
         return next(train.batches(size, generator)).inputs.numpy()
-    order = torch.randperm(len(train), generator=generator)
-    return train.inputs[order[:size]].numpy()
+    sample = train.subset(torch.randperm(len(train), generator=generator)[:size])
+    return subject.task.test_inputs(sample, subject.model).inputs.numpy()  # what the graph reads: a GAN's noise
 
 
 def _deploy_metrics(int8: dict, registry: dict) -> dict[str, float]:

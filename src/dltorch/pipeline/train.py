@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,8 +19,8 @@ from dltorch.data.tensors import TensorData
 from dltorch.io import save_torch, write_json
 from dltorch.layout import CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, RUN_FILE
 from dltorch.models.registry import validate_args
-from dltorch.tasks import get_task
-from dltorch.tracking import TRAIN_TIME_METRIC, Tracker
+from dltorch.tasks import Task, get_task
+from dltorch.tracking import TRAIN_TIME_METRIC, Run, Tracker
 
 TRAINING_KEYS = ("arch", "task", "data", "train")  # not `export`: exporting differently needs no retraining
 
@@ -54,6 +55,22 @@ def _digest(data: engine.TrainData | None) -> str | None:
     return digest.hexdigest()
 
 
+def with_epoch_figures(log_epoch: engine.EpochCallback, task: Task, model: torch.nn.Module,
+                       run: Run) -> engine.EpochCallback:
+    """The run's epoch logger, plus the task's per-epoch figures (if it draws any) logged to the run as they come,
+    under train/epochs/."""
+    if task.epoch_figures is None:
+        return log_epoch
+    draw = task.epoch_figures
+
+    def on_epoch(record: dict) -> None:
+        log_epoch(record)
+        with tempfile.TemporaryDirectory() as folder:
+            run.log_artifacts(draw(model, record["epoch"], Path(folder)), "train/epochs")
+
+    return on_epoch
+
+
 def train(params: Params, name: str, data: Path, out_dir: Path, writes: bool = True,
           tracker: Tracker | None = None) -> list[dict]:
     """Train model `name`, tracked by `tracker` (the door's; by default the project's store). `writes` says whether
@@ -80,11 +97,11 @@ def train(params: Params, name: str, data: Path, out_dir: Path, writes: bool = T
         started = time.perf_counter()  # the run stays open until export: its Duration is not the training time
         if cfg.train.trainer == "engine":
             with run.epoch_logger() if run else nullcontext() as log_epoch:
-                objective = engine.Objective(task.make_loss(cfg.train.loss, cfg.train.label_smoothing),
-                                             task.batch_scores, task.monitor)
+                objective = engine.Objective.for_task(task, cfg.train)
                 spec = engine.CheckpointSpec(checkpoint, fingerprint, resume, {"run_id": run.id} if run else None,
                                              writes)
-                history = engine.fit(model, objective, train_data, val_data, cfg.train, spec, log_epoch)
+                on_epoch = with_epoch_figures(log_epoch, task, model, run) if run else None
+                history = engine.fit(model, objective, train_data, val_data, cfg.train, spec, on_epoch)
         else:  # the course's hand-written loops: sub-second, so they rerun instead of resuming
             history = task.trainers[cfg.train.trainer](model, data, cfg.train)
             if run:

@@ -16,8 +16,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from dltorch.bundle import ModelBundle
     from dltorch.config import TrainConfig
     from dltorch.data.tensors import TensorData
+    from dltorch.engine import OptimizersFn, StepFn
+
+Scorer = Callable[["np.ndarray", "np.ndarray"], dict[str, float]]  # (onnxruntime outputs, targets) -> test metrics
 
 
 
@@ -35,6 +39,8 @@ class Evaluation:
     history: list[dict[str, Any]]
     out_dir: Path
     baseline: torch.Tensor | None = None  # the test outputs of the task's baseline model, if it has one
+    seed: int = 0  # the model's train.seed (a GAN's report rebuilds its untrained start from it)
+    judge: nn.Module | None = None  # the task's judge classifier (Task.judge), trained on the data
 
 
 def _data_stem(data: Path, fetched: str) -> str:
@@ -47,6 +53,14 @@ def _unchanged(net: nn.Module, inputs: dict[str, Any]) -> nn.Module:
 
 def _whole(model: nn.Module) -> nn.Module:
     return model
+
+
+def _as_loaded(test: TensorData, model: nn.Module) -> TensorData:
+    return test
+
+
+def _in_shape(bundle: ModelBundle, model: nn.Module) -> tuple[int, ...]:
+    return tuple(bundle.inputs["in_shape"])  # the model reads samples of the data's shape
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,28 @@ class Task:
     # two outputs). A view whose forward returns a tuple names the outputs after output_name in extra_outputs.
     export_view: Callable[[nn.Module], nn.Module] = _whole
     extra_outputs: tuple[str, ...] = ()
+    # A task that trains by its own step (a GAN's two players): the step and the named optimizers it steps (see
+    # engine.Objective); None: the supervised step, one optimizer from the train settings.
+    step: StepFn | None = None
+    optimizers: OptimizersFn | None = None
+    # What the model reads, from loaded data (the test set; export's calibration sample) and the model: the data
+    # itself, or a generator's fixed noise as inputs with the images as targets. Evaluate and export both use it.
+    test_inputs: Callable[[TensorData, nn.Module], TensorData] = _as_loaded
+    # The sample shape of the ONNX export's example input (bundle, export view): the data's, or a generator's noise.
+    export_shape: Callable[[ModelBundle, nn.Module], tuple[int, ...]] = _in_shape
+    # A classifier evaluate and export train on the task's training data (its targets the class labels), seeded, as
+    # a judge of the model's outputs: (architecture, its train settings); e.g. a GAN's Fréchet distance is measured
+    # in its features. It reaches the report as Evaluation.judge, and export's scores through onnx_scorer.
+    judge: tuple[str, TrainConfig] | None = None
+    # With a judge: judge -> what scores onnxruntime's outputs in place of onnx_metrics.
+    onnx_scorer: Callable[[nn.Module], Scorer] | None = None
+    # After each trained epoch, figures of the model for its MLflow run (model, epoch, folder) -> the files, e.g. a
+    # GAN's samples on fixed noise.
+    epoch_figures: Callable[[nn.Module, int, Path], list[Path]] | None = None
+
+    def scorer(self, judge: nn.Module | None) -> Scorer:
+        """What scores onnxruntime's outputs (export's INT8 gate and the registry's metric)."""
+        return self.onnx_scorer(judge) if self.onnx_scorer is not None and judge is not None else self.onnx_metrics
 
     def make_loss(self, name: str, label_smoothing: float = 0.0) -> Callable[..., Any]:
         if name not in self.losses:
