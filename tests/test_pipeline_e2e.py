@@ -28,7 +28,7 @@ def _shrink_params(repo: Path) -> None:
     # mlp stands for the image models (tests/test_models.py runs every params model on tiny data); the
     # regressions and studies run on shrunk params.
     raw["models"] = {name: model for name, model in raw["models"].items()
-                     if model["task"] == "regression" or name in ("mlp", "lstm", "unet")}
+                     if model["task"] == "regression" or name in ("mlp", "lstm", "unet", "gcn_karate", "logistic")}
     # lstm and unet stand for the sequence and segmentation models (test_models.py runs gru and rnn): one epoch on
     # tiny sets
     raw["synth"].update(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES)
@@ -95,7 +95,13 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert "models/mlp/history.json" in plots and "models/mlp/eval/predictions.csv" in plots
     assert all(f"studies/{study}/curves.csv" in plots for study in study_names())
     synth_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synth"]
-    assert synth_lock["outs"][0]["nfiles"] == 7 + 2 + 2 * TINY_SHAPES["count"]  # CSVs; series + spec; images, masks
+    assert synth_lock["outs"][0]["nfiles"] == 7 + 2 + 2 + 2 * TINY_SHAPES["count"]  # CSVs; graphs; series + spec;
+    # images, masks
+    # the graph and binary tasks at their full recipes (seconds): trained, evaluated, exported and registered by DVC
+    assert shown["models/gcn_karate/eval/metrics.json"]["data"]["test_accuracy"] >= 0.6
+    assert shown["models/logistic/eval/metrics.json"]["data"]["test_accuracy"] >= 0.88
+    for name in ("gcn_karate", "logistic"):
+        assert json.loads((repo / f"models/{name}/parity.json").read_text())["passed"]
     for name, metric in (("lstm", "mse_ratio_last_value"), ("unet", "dice")):
         assert metric in shown[f"models/{name}/eval/metrics.json"]["data"]
         assert json.loads((repo / f"models/{name}/parity.json").read_text())["passed"]
