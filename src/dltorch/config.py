@@ -359,6 +359,11 @@ def _arch_registry() -> Any:
     return registry
 
 
+def _known_arch(arch: str) -> str:
+    _arch_registry().get(arch)  # raises with the list of known names
+    return arch
+
+
 def _task(name: str) -> Any:
     from dltorch.tasks import get_task
 
@@ -402,11 +407,7 @@ class ModelConfig(Strict):
     export: ExportConfig = ExportConfig()
     gate: GateConfig | None = None
 
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        _arch_registry().get(arch)  # raises with the list of known names
-        return arch
+    _known_arch = field_validator("arch")(_known_arch)
 
     _known_task = field_validator("task")(_known_task)
 
@@ -489,11 +490,7 @@ class StudyConfig(Strict):
     train: TrainConfig
     variants: dict[str, VariantConfig] = Field(min_length=1)
 
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        _arch_registry().get(arch)
-        return arch
+    _known_arch = field_validator("arch")(_known_arch)
 
     @model_validator(mode="after")
     def _valid_variants(self) -> StudyConfig:
@@ -552,11 +549,7 @@ class TransferConfig(Strict):
     steps: int = Field(ge=1)  # optimizer steps per target run, so small and large budgets train equally long
     variants: dict[str, TransferVariant] = Field(min_length=1)
 
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        _arch_registry().get(arch)
-        return arch
+    _known_arch = field_validator("arch")(_known_arch)
 
     @model_validator(mode="after")
     def _consistent(self) -> TransferConfig:

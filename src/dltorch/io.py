@@ -49,6 +49,22 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
         writer.writerows(rows)
 
 
+def read_csv_rows(path: Path, header: Sequence[str], what: str) -> list[list[str]]:
+    """The rows under `header` of a table the synth stage wrote; a missing file, another header or no rows is a
+    DataError naming the file (`what`: the kind of set expected)."""
+    from dltorch.errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the synth stage first (dvc repro synth)")
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0] != list(header):
+        raise DataError(f"{path}: not {what} (expected the header {','.join(header)})")
+    if len(rows) < 2:
+        raise DataError(f"{path}: no rows")
+    return rows[1:]
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dltorch.errors import DltorchError
-from dltorch.serve import DEFAULT_MAX_BODY_BYTES, RequestGuard
+from dltorch.serve import DEFAULT_MAX_BODY_BYTES, RequestGuard, send_json
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,11 @@ class OnnxApp:
             return
         path, method = scope["path"].rstrip("/"), scope["method"]
         if method == "GET" and path in ("/ping", "/health"):
-            await _respond(send, 200, b"\n", b"application/json")
+            await send_json(send, 200, b"\n")
         elif method == "POST" and path == "/invocations":
             await self._invocations(receive, send)
         else:
-            await _respond(send, 404, _error("ENDPOINT_NOT_FOUND", f"{method} {scope['path']}: not served here"))
+            await send_json(send, 404, _error("ENDPOINT_NOT_FOUND", f"{method} {scope['path']}: not served here"))
 
     async def _invocations(self, receive: Callable, send: Send) -> None:
         body = bytearray()
@@ -141,25 +141,19 @@ class OnnxApp:
         try:
             answer = _dumps(self.model.predict(_loads(bytes(body))))
         except BadRequest as exc:
-            await _respond(send, 400, _error("BAD_REQUEST", str(exc)))
+            await send_json(send, 400, _error("BAD_REQUEST", str(exc)))
             return
         except Exception as exc:  # onnxruntime refused what passed the checks: say so, keep serving
             log.exception("inference failed")
-            await _respond(send, 500, _error("INTERNAL_ERROR", f"inference failed: {exc}"))
+            await send_json(send, 500, _error("INTERNAL_ERROR", f"inference failed: {exc}"))
             return
-        await _respond(send, 200, answer, b"application/json")
+        await send_json(send, 200, answer)
 
 
 def _error(code: str, message: str) -> bytes:
     import orjson
 
     return orjson.dumps({"error_code": code, "message": message})
-
-
-async def _respond(send: Send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _lifespan(receive: Callable, send: Send) -> None:

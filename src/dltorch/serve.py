@@ -126,12 +126,17 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _reject(send: Send, status: int, message: str) -> None:
-    """The error in MLflow's own shape, so a client parses one format."""
+    """The error in MLflow's own shape, so a client parses one format; the connection closes after it."""
     error_code = "REQUEST_LIMIT_EXCEEDED" if status == 413 else "BAD_REQUEST"
     content = json.dumps({"error_code": error_code, "message": message}).encode()
+    await send_json(send, status, content, close=True)
+
+
+async def send_json(send: Send, status: int, content: bytes, close: bool = False) -> None:
+    """A whole JSON response: every answer and error of both serving backends."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
-                            (b"connection", b"close")]})
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
     await send({"type": "http.response.body", "body": content})
 
 

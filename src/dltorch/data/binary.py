@@ -8,7 +8,6 @@ so logistic regression is the right model, and the true boundary (the line x1 + 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from dltorch.config import BlobsConfig
 from dltorch.errors import DataError
-from dltorch.io import write_csv
+from dltorch.io import read_csv_rows, write_csv
 
 HEADER = ["x1", "x2", "label", "split"]
 SPLITS = ("train", "test")
@@ -55,15 +54,8 @@ def write(data: PointSet, path: Path) -> str:
 
 def read(path: Path) -> PointSet:
     """Read a set written by `write`; a missing or malformed file is a DataError naming file and line."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the synth stage first (dvc repro synth)")
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or rows[0] != HEADER:
-        raise DataError(f"{path}: not a two-class point set (expected the header {','.join(HEADER)})")
-    if len(rows) < 2:
-        raise DataError(f"{path}: no rows")
-    parsed = [_parse_row(row, path, line) for line, row in enumerate(rows[1:], start=2)]
+    rows = read_csv_rows(path, HEADER, "a two-class point set")
+    parsed = [_parse_row(row, path, line) for line, row in enumerate(rows, start=2)]
     x1, x2, labels, split = zip(*parsed, strict=True)
     return PointSet(np.stack([x1, x2], axis=1), np.array(labels), np.array(split, dtype=object))
 

@@ -8,7 +8,6 @@ so a set equals the course's for the same seed. Files are `x,y,split` rows with 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from dltorch.config import HeldOutSetConfig, SetConfig, ShuffledSplitSetConfig, SplitSetConfig, SynthConfig
 from dltorch.errors import DataError
-from dltorch.io import write_csv
+from dltorch.io import read_csv_rows, write_csv
 
 HEADER = ["x", "y", "split"]
 SPLITS = ("train", "test")
@@ -127,15 +126,8 @@ def write_set(data: SetData, path: Path) -> str:
 
 def read_set(path: Path) -> SetData:
     """Read a set written by write_set; a missing or malformed file is a DataError naming file and line."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the synth stage first (dvc repro synth)")
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or rows[0] != HEADER:
-        raise DataError(f"{path}: not a synthetic set (expected the header {','.join(HEADER)})")
-    if len(rows) < 2:
-        raise DataError(f"{path}: no rows")
-    parsed = [_parse_row(row, path, line) for line, row in enumerate(rows[1:], start=2)]
+    rows = read_csv_rows(path, HEADER, "a synthetic set")
+    parsed = [_parse_row(row, path, line) for line, row in enumerate(rows, start=2)]
     x, y, split = zip(*parsed, strict=True)
     return SetData(np.array(x), np.array(y), np.array(split, dtype=object))
 
