@@ -153,3 +153,24 @@ def test_recurrent_export_refuses_a_torch_it_was_not_written_for(tmp_path: Path,
     with pytest.raises(ExportError, match=r"torch 2\.14\.x; this is torch 2\.15\.0"):
         export_onnx(_ThreeCells(), (6, 1), tmp_path / "cells.onnx", 18, "window", "forecast")
     assert not (tmp_path / "cells.onnx").exists()
+
+
+def test_mirror_averaging_is_in_the_model_and_its_graph(tmp_path: Path, raw_root: Path, model_and_test):
+    """train.augment.test_time_hflip: at inference an image and its mirror image get the same logits (the mean of
+    both), in torch and in the exported graph; training still sees each image alone."""
+    plain, test = model_and_test
+    train, _ = classification.load_train_val(raw_root, "fashion_mnist", 0, 0)
+    inputs = {**classification.model_inputs(train, "fashion_mnist"), "test_time_hflip": True}
+    averaged = build_model("mlp", {"hidden": [16]}, "classification", inputs)
+    averaged.load_state_dict(plain.state_dict())  # the same keys: the wrapper adds no weights
+    pixels, mirrored = test.inputs[:20], test.inputs[:20].flip(-1)
+    with torch.no_grad():
+        assert not torch.allclose(plain(pixels), plain(mirrored), atol=1e-3)
+        torch.testing.assert_close(averaged.eval()(pixels), averaged(mirrored))
+        torch.testing.assert_close(averaged.train()(pixels), plain(pixels))
+    path = tmp_path / "mirror.onnx"
+    export_onnx(averaged.eval(), (1, 28, 28), path, 18, "pixels", "logits")
+    session = onnx_session(path)
+    onnx_out = run_onnx(session, pixels.numpy(), 20)
+    np.testing.assert_allclose(onnx_out, run_onnx(session, mirrored.numpy(), 20), atol=1e-5)
+    np.testing.assert_allclose(onnx_out, averaged(pixels).detach().numpy(), atol=1e-5)

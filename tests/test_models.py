@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from dltorch.config import load_params, parse_params
 from dltorch.errors import ParamsError
@@ -56,6 +57,9 @@ def test_invalid_architecture_arguments_are_params_errors():
         create("resnet", {"widths": [8, 16], "blocks": [1]}, in_shape=(1, 28, 28), num_outputs=10)
     with pytest.raises(ParamsError, match="vit: patch 5 must divide 28x28"):
         create("vit", {"patch": 5}, in_shape=(1, 28, 28), num_outputs=10)
+    with pytest.raises(ParamsError, match="vit: stem must be 'patch' or 'conv' .then patch a power of 2., not 'conv' "
+                                          "with patch 7"):
+        create("vit", {"patch": 7, "stem": "conv"}, in_shape=(1, 28, 28), num_outputs=10)
     with pytest.raises(ParamsError, match="lstm: cell must be one of lstm, gru, rnn, not 'transformer'"):
         create("lstm", {"cell": "transformer"}, in_shape=(16, 1), num_outputs=4)
     with pytest.raises(ParamsError, match="unet: features must list 1 to 4 positive widths"):
@@ -158,3 +162,12 @@ def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Pat
     assert (tmp_path / "model.int8.onnx").stat().st_size > 0
     fp32 = deploy["registry"]["fp32"]
     assert (fp32["registered_model"], fp32["version"], fp32["decision"]) == (name, 1, "promoted")
+
+
+def test_a_vit_conv_stem_reaches_the_patch_grid_by_stride_2_convolutions():
+    """stem: conv gives the same 7x7 tokens of width dim as 4x4 patches, from two 3x3 stride-2 convolutions."""
+    model = create("vit", {"patch": 4, "dim": 64, "stem": "conv"}, in_shape=(1, 28, 28), num_outputs=10)
+    convs = [m for m in model.patchify if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.out_channels) for c in convs] == [((3, 3), (2, 2), 32), ((3, 3), (2, 2), 64),
+                                                                         ((1, 1), (1, 1), 64)]
+    assert model.patchify(torch.zeros(2, 1, 28, 28)).shape == (2, 64, 7, 7)

@@ -209,6 +209,9 @@ class AugmentConfig(Strict):
     hflip: bool = False
     vflip: float = Field(0.0, ge=0, le=1)  # segmentation: the probability of a vertical flip
     rotate_limit: float = Field(0.0, ge=0, le=180)  # segmentation: rotate by up to this many degrees either way
+    # classification, at inference (validation, test, the ONNX graph, serving): the mean of the logits of each
+    # image and its mirror image, one batch of twice the size through the network (test-time augmentation)
+    test_time_hflip: bool = False
 
 
 class DistributedConfig(Strict):
@@ -467,6 +470,9 @@ class ModelConfig(Strict):
                 raise ValueError(f"train.augment.{key}: only task segmentation augments this way, not {self.task}")
         if self.train.sampling == "fresh_batches" and segmentation:
             raise ValueError("train.sampling: fresh_batches draws from in-memory data; segmentation streams images")
+        if augment.test_time_hflip and self.task != "classification":
+            raise ValueError(f"train.augment.test_time_hflip: only task classification averages over mirror "
+                             f"images, not {self.task}")
         if augment.crop_padding and self.task != "classification":
             raise ValueError(f"train.augment.crop_padding: only task classification crops, not {self.task}")
         if augment.hflip and self.task in ("regression", "sequence", "node_classification", "binary"):

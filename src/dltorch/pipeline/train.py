@@ -80,7 +80,8 @@ def train(params: Params, name: str, data: Path, out_dir: Path, writes: bool = T
     dataset = task.dataset_name(data, params.fetch.dataset)
     train_data, val_data = task.load_train_val(data, dataset, cfg.train.val_size, cfg.train.seed,
                                                settings=cfg.train)
-    inputs = task.model_inputs(train_data, dataset)
+    # the bundle keeps the inputs, so evaluate, export and serving rebuild the same inference
+    inputs = {**task.model_inputs(train_data, dataset), "test_time_hflip": cfg.train.augment.test_time_hflip}
     torch.manual_seed(cfg.train.seed)
     init = InitialWeights(cfg.train.init_from, cfg.train.init_from_strict) if cfg.train.init_from else None
     model = build_model(cfg.arch, cfg.args, cfg.task, inputs, init)

@@ -31,8 +31,24 @@ class Normalize(nn.Module):
         return (pixels - self.mean) / self.std
 
 
+class Classifier(nn.Sequential):
+    """Normalization, then the architecture; with `mirror_average`, in eval mode (validation, test, export, serving)
+    the logits of each image and of its mirror image are averaged: Fashion-MNIST's classes are left-right symmetric,
+    so the mirror is a second look at the same item. A Sequential, so its weights keep their keys either way."""
+
+    def __init__(self, normalize: Normalize, net: nn.Module, mirror_average: bool = False) -> None:
+        super().__init__(normalize, net)
+        self.mirror_average = mirror_average
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.mirror_average:
+            return super().forward(pixels)
+        # (2N, classes) -> (2, N, classes): an unflatten keeps the batch dimension symbolic in the exported graph
+        return super().forward(torch.cat([pixels, pixels.flip(-1)])).unflatten(0, (2, -1)).mean(0)
+
+
 def wrap(net: nn.Module, inputs: dict) -> nn.Module:
-    return nn.Sequential(Normalize(inputs["mean"], inputs["std"]), net)
+    return Classifier(Normalize(inputs["mean"], inputs["std"]), net, inputs.get("test_time_hflip", False))
 
 
 def dataset_name(data: Path, fetched: str) -> str:
