@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dltorch import engine, precision
+from dltorch import engine, plots, precision, results
 from dltorch.bundle import build_model
 from dltorch.config import ModelConfig, load_params
 from dltorch.data.datasets import DATASETS
@@ -99,17 +99,31 @@ def bench_model(params, name: str, raw_root: Path, peak: float) -> dict:
             "x_of_flop_bound": peak / achieved}
 
 
-def time_to_accuracy(history_path: Path, target: float) -> str:
-    """From a pipeline run's history: training seconds until the validation accuracy first reaches target."""
-    if not history_path.is_file():
-        return f"{history_path}: not trained yet (dvc repro)"
-    elapsed = 0.0
-    for row in json.loads(history_path.read_text()):
-        elapsed += row["seconds"]
-        if row.get("val_accuracy", 0.0) >= target:
-            return f"{history_path}: val accuracy {row['val_accuracy']:.4f} >= {target} after epoch {row['epoch']}, " \
-                   f"{elapsed:.0f} s of training"
-    return f"{history_path}: never reached {target} validation accuracy ({elapsed:.0f} s of training)"
+TARGETS = (0.93, 0.94)
+
+
+def time_to_accuracy_table(names: list[str], curve_png: Path) -> str:
+    """From the pipeline's histories: seconds of training until each classifier's validation accuracy first reached
+    each target (the test set is only read by evaluate), and every curve in one figure."""
+    lines = ["| model | epochs | training s | best val accuracy | "
+             + " | ".join(f"s to {target:.0%}" for target in TARGETS) + " |", "|---" * (4 + len(TARGETS)) + "|"]
+    curves = {}
+    for name in names:
+        path = ModelFiles.of(name).history
+        if not path.is_file():
+            lines.append(f"| {name} | not trained yet (dvc repro train@{name}) |")
+            continue
+        curve = results.accuracy_over_time(json.loads(path.read_text()))
+        if not curve:
+            continue
+        curves[name] = curve
+        reached = [results.time_to_accuracy(curve, target) for target in TARGETS]
+        lines.append(f"| {name} | {len(curve)} | {curve[-1][0]:.0f} | {max(a for _, a in curve):.4f} | "
+                     + " | ".join("never" if s is None else f"{s:.0f}" for s in reached) + " |")
+    if curves:
+        plots.accuracy_over_time(curves, list(TARGETS), curve_png)
+        lines.append(f"\nvalidation accuracy against seconds of training: {curve_png}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -118,6 +132,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/raw"))
     parser.add_argument("--models", nargs="*", help="default: every classification model in params")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--curve", type=Path, default=Path("bench/time_to_accuracy.png"),
+                        help="where the accuracy-against-seconds figure goes")
     args = parser.parse_args()
     params = load_params(args.params)
     if not (args.data / DATASETS[params.fetch.dataset].folder / "raw").is_dir():
@@ -137,8 +153,7 @@ def main() -> None:
               f"| {row['speedup']:.2f}x | {row['gflop_per_sample'] * 1e3:.2f} | {row['achieved_gflops']:.1f} "
               f"| {row['x_of_flop_bound']:.1f}x | {row['fp32_ms_per_step']:.1f} | {row['bf16_ms_per_step']:.1f} "
               f"| {row['auto_picks']} |", flush=True)
-    if "resnet" in params.models:
-        print("\n" + time_to_accuracy(ModelFiles.of("resnet").history, 0.93))
+    print("\n" + time_to_accuracy_table(names, args.curve))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -70,6 +70,8 @@ def test_invalid_architecture_arguments_are_params_errors():
         create("vgg", {"convs": [1, 1, 1, 1, 1]}, in_shape=(1, 28, 28), num_outputs=10)
     with pytest.raises(ParamsError, match=r"googlenet: blocks must take 1 to \[2, 5, 2\] blocks"):
         create("googlenet", {"blocks": [3]}, in_shape=(1, 28, 28), num_outputs=10)
+    with pytest.raises(ParamsError, match=r"fast_cnn: widths must list 1 to 4 positive group widths"):
+        create("fast_cnn", {"widths": [8, 8, 8, 8, 8]}, in_shape=(1, 28, 28), num_outputs=10)
     with pytest.raises(ParamsError, match="densenet: layers must list 1 or more dense layers per block"):
         create("densenet", {"layers": [2, 0]}, in_shape=(1, 28, 28), num_outputs=10)
 
@@ -171,3 +173,14 @@ def test_a_vit_conv_stem_reaches_the_patch_grid_by_stride_2_convolutions():
     assert [(c.kernel_size, c.stride, c.out_channels) for c in convs] == [((3, 3), (2, 2), 32), ((3, 3), (2, 2), 64),
                                                                          ((1, 1), (1, 1), 64)]
     assert model.patchify(torch.zeros(2, 1, 28, 28)).shape == (2, 64, 7, 7)
+
+
+def test_fast_cnn_pools_right_after_each_groups_first_convolution():
+    """airbench's group: its second convolution runs at half the resolution of its first."""
+    model = create("fast_cnn", {"stem": 8, "widths": [16, 32]}, in_shape=(1, 28, 28), num_outputs=10)
+    sides, x = [], torch.zeros(1, 1, 28, 28)
+    for layer in model:
+        x = layer(x)
+        if isinstance(layer, nn.Conv2d):
+            sides.append((layer.out_channels, x.shape[-1]))
+    assert sides == [(8, 28), (16, 28), (16, 14), (32, 14), (32, 7)]

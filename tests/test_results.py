@@ -9,7 +9,7 @@ from pathlib import Path
 from dltorch.config import load_params
 from dltorch.io import write_json
 from dltorch.layout import ModelFiles
-from dltorch.results import collect, format_table
+from dltorch.results import accuracy_over_time, collect, format_table, time_to_accuracy
 from tests.conftest import REPO
 
 
@@ -49,3 +49,17 @@ def test_the_console_command_prints_the_table(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     line = next(row for row in result.stdout.splitlines() if row.startswith("mlp "))
     assert "0.8834" in line and ">= 0.865" in line and json.dumps("mlp") not in line
+
+
+def test_time_to_accuracy_counts_the_seconds_of_every_epoch_until_the_first_to_reach_the_target():
+    """A dip after the target does not move it; epochs without a validation score still take their seconds."""
+    history = [{"epoch": 1, "seconds": 10.0, "train_loss": 1.0},
+               {"epoch": 2, "seconds": 12.5, "val_accuracy": 0.91},
+               {"epoch": 3, "seconds": 11.0, "val_accuracy": 0.935},
+               {"epoch": 4, "seconds": 9.0, "val_accuracy": 0.925},
+               {"epoch": 5, "seconds": 10.0, "val_accuracy": 0.941}]
+    curve = accuracy_over_time(history)
+    assert curve == [(22.5, 0.91), (33.5, 0.935), (42.5, 0.925), (52.5, 0.941)]
+    assert time_to_accuracy(curve, 0.93) == 33.5
+    assert time_to_accuracy(curve, 0.94) == 52.5
+    assert time_to_accuracy(curve, 0.95) is None

@@ -241,3 +241,18 @@ def sample_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) ->
         ax.imshow(image.squeeze(), cmap="gray_r", vmin=0, vmax=1)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def accuracy_over_time(curves: dict[str, list[tuple[float, float]]], targets: list[float], path: Path) -> Path:
+    """Validation accuracy against seconds of training, one line per model, the targets as dashed lines."""
+    fig, ax = _subplots(figsize=(7.5, 4.5))
+    for name, curve in curves.items():
+        ax.plot(*zip(*curve, strict=True), marker="o", markersize=3, label=name)
+    for target in targets:
+        ax.axhline(target, linestyle="--", color="grey", linewidth=0.8)
+    lowest = min((accuracy for curve in curves.values() for _, accuracy in curve), default=min(targets))
+    ax.set(xlabel="seconds of training", ylabel="validation accuracy", ylim=(max(lowest, min(targets) - 0.05), None),
+           title="time to accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -86,3 +86,18 @@ def format_table(rows: list[Row]) -> str:
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
                      for line in cells)
+
+
+def accuracy_over_time(history: list[dict]) -> list[tuple[float, float]]:
+    """(seconds of training so far, validation accuracy) after each epoch of a classifier's history.json."""
+    elapsed, curve = 0.0, []
+    for row in history:
+        elapsed += row["seconds"]
+        if "val_accuracy" in row:
+            curve.append((elapsed, row["val_accuracy"]))
+    return curve
+
+
+def time_to_accuracy(curve: list[tuple[float, float]], target: float) -> float | None:
+    """Seconds of training until the validation accuracy first reached `target` (at an epoch's end); None if never."""
+    return next((seconds for seconds, accuracy in curve if accuracy >= target), None)
