@@ -179,14 +179,11 @@ def quantize_onnx(src: Path, dst: Path, mode: str, calibration: np.ndarray | Non
                   reduce_range: bool = False) -> None:
     """INT8 by onnxruntime: `dynamic` (int8 weights, activations scaled at run time) or `static` QDQ, whose
     activation ranges come from `calibration` inputs. The file appears at `dst` only if onnxruntime loads it."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     with tempfile.TemporaryDirectory() as work, atomic_path(dst) as tmp:
         prepared = Path(work) / "prepared.onnx"
-        # Shape inference and graph fusions, as onnxruntime advises. auto_merge: symbolic inference would give up
-        # on derived sizes (a UNet's 16*h next to its skips' 8*h*2), leaving its debug dump in the working folder;
-        # merging only acts where dimensions conflict, so other graphs infer as before.
-        quant_pre_process(str(src), str(prepared), auto_merge=True)
+        _prepare_for_quantization(src, prepared)
         if mode == "dynamic":
             quantize_dynamic(prepared, tmp, weight_type=QuantType.QInt8, reduce_range=reduce_range)
         elif mode == "static":
@@ -198,6 +195,20 @@ def quantize_onnx(src: Path, dst: Path, mode: str, calibration: np.ndarray | Non
         else:
             raise ValueError(f"unknown quantization mode '{mode}'; known: dynamic, static")
         onnx_session(tmp)  # fails here, not at serving time, if onnxruntime cannot run the result
+
+
+def _prepare_for_quantization(src: Path, prepared: Path) -> None:
+    """Shape inference and graph fusions, as onnxruntime advises. auto_merge: symbolic inference would give up on
+    derived sizes (a UNet's 16*h next to its skips' 8*h*2), leaving its debug dump in the working folder; merging
+    only acts where dimensions conflict, so other graphs infer as before. Where onnxruntime's symbolic inference
+    cannot follow a graph at all (a convolution fed a mirrored batch: the Slice of step -1 that a flip exports as
+    leaves it without a shape), ONNX's own shape inference stands in for it."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(prepared), auto_merge=True)
+    except TypeError:  # symbolic_shape_infer reads the missing shape as None
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
 
 
 class _CalibrationReader:
