@@ -61,5 +61,6 @@ def test_time_to_accuracy_counts_the_seconds_of_every_epoch_until_the_first_to_r
     curve = accuracy_over_time(history)
     assert curve == [(22.5, 0.91), (33.5, 0.935), (42.5, 0.925), (52.5, 0.941)]
     assert time_to_accuracy(curve, 0.93) == 33.5
+    assert time_to_accuracy(curve, 0.935) == 33.5  # reaching the target counts
     assert time_to_accuracy(curve, 0.94) == 52.5
     assert time_to_accuracy(curve, 0.95) is None

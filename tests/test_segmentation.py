@@ -138,6 +138,8 @@ def test_dice_iou_and_pixel_accuracy_on_hand_made_masks():
         ({"image_size": None}, "models.unet: train.image_size: required for task segmentation"),
         ({"loss": "cross_entropy"}, "train.loss: 'cross_entropy' is not a segmentation loss; known: bce, bce_dice"),
         ({"augment": {"crop_padding": 2}}, "train.augment.crop_padding: only task classification crops"),
+        ({"augment": {"test_time_hflip": True}},
+         "train.augment.test_time_hflip: only task classification averages over mirror images, not segmentation"),
     ],
 )
 def test_segmentation_settings_are_checked(change: dict, expected: str):
