@@ -64,11 +64,14 @@ plots: setup
 repro: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
+# One pytest worker per core (pytest-xdist); a file whose module-scoped servers are built once stays on one worker.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Training speed (run.py), then inference latency per model and the HTTP load on a served champion (MODEL=mlp).
 bench: setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -17,6 +18,24 @@ from dltorch.config import Params, parse_params
 from dltorch.data.fetch import IDX_FILES
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker gets its share of the cores: torch's threads and
+    OMP_NUM_THREADS for the stage processes it starts, so N workers do not run N x cores threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end tests first, so that pytest-xdist's workers start on them and the many short tests fill
+    in around them (longest first), instead of one worker finishing on a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 TINY_TRAIN, TINY_TEST = 300, 60
 
 
@@ -83,28 +102,48 @@ TINY_SBM = {"seed": 0, "classes": 3, "nodes_per_class": 20, "p_in": 0.3, "p_out"
             "noise": 1.5, "train_per_class": 3, "val_size": 10}
 
 
-@pytest.fixture
-def synthetic_root(tmp_path: Path) -> Path:
-    """data/ as after the synth stage with the course's default sets (<root>/synthetic/<set>.csv), tiny
-    sequences and shapes sets (<root>/synthetic/sequences/, <root>/synthetic/shapes/), a tiny SBM graph and the
-    karate club (<root>/synthetic/sbm.npz, karate.npz)."""
+@pytest.fixture(scope="session")
+def synthetic_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synth stage's output, written once a session: the course's default sets, tiny sequences and shapes sets,
+    a tiny SBM graph and the karate club. Tests get copies (synthetic_root)."""
     from dltorch.config import SynthConfig
     from dltorch.data.synth import write_sets
 
-    write_sets(SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES, sbm=TINY_SBM),
-               tmp_path / "data" / "synthetic")
+    folder = tmp_path_factory.mktemp("synthetic") / "synthetic"
+    write_sets(SynthConfig(sequences=TINY_SEQUENCES, shapes=TINY_SHAPES, sbm=TINY_SBM), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folders stage's output on the tiny IDX set, written once a session: 8 training and 1 test image per
+    class. Tests get copies (folders_root)."""
+    from dltorch.config import FoldersConfig
+    from dltorch.data.folders import write_image_folders
+
+    root = tmp_path_factory.mktemp("folders")
+    raw = root / "raw" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, data in tiny_idx_files().items():
+        (raw / name).write_bytes(data)
+    write_image_folders(root / "raw", "fashion_mnist", FoldersConfig(train_per_class=8, test_per_class=1),
+                        root / "fashion_mnist")
+    return root / "fashion_mnist"
+
+
+@pytest.fixture
+def synthetic_root(tmp_path: Path, synthetic_sets: Path) -> Path:
+    """data/ as after the synth stage (<root>/synthetic/<set>.csv, <root>/synthetic/sequences/,
+    <root>/synthetic/shapes/, <root>/synthetic/sbm.npz, karate.npz): a copy this test may change."""
+    shutil.copytree(synthetic_sets, tmp_path / "data" / "synthetic")
     return tmp_path / "data"
 
 
 @pytest.fixture
-def folders_root(tmp_path: Path, raw_root: Path) -> Path:
+def folders_root(tmp_path: Path, tiny_image_folders: Path) -> Path:
     """data/ as after the folders stage on the tiny IDX set (<root>/folders/fashion_mnist/{train,test}/<class>/),
-    8 training and 1 test image per class."""
-    from dltorch.config import FoldersConfig
-    from dltorch.data.folders import write_image_folders
-
-    config = FoldersConfig(train_per_class=8, test_per_class=1)
-    write_image_folders(raw_root, "fashion_mnist", config, tmp_path / "data" / "folders" / "fashion_mnist")
+    8 training and 1 test image per class: a copy this test may change."""
+    shutil.copytree(tiny_image_folders, tmp_path / "data" / "folders" / "fashion_mnist")
     return tmp_path / "data"
 
 
@@ -121,10 +160,23 @@ def precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with its tables made, built once: making them runs MLflow's migrations, over a second a
+    store, and every test gets a fresh store (a copy of this file)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    store = SqlAlchemyStore(f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts"))
+    store.engine.dispose()  # closed, so the file is complete before it is copied
+    return folder / "mlflow.db"
+
+
 @pytest.fixture(autouse=True)
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path) -> str:
     """Every test tracks into its own temporary store, never the repository's mlflow.db. Subprocesses inherit
     it; a test that wants another store (a tracking server, a repo copy's) sets MLFLOW_TRACKING_URI itself."""
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     if "mlflow" in sys.modules:  # an earlier test may have set MLflow's process-wide URI, which beats the environment

@@ -198,28 +198,3 @@ def test_the_folders_stage_refuses_more_images_per_class_than_the_set_has(tmp_pa
     with pytest.raises(DataError, match=r"fewer than folders.train_per_class \(1000\)"):
         write_image_folders(raw_root, "fashion_mnist", FoldersConfig(train_per_class=1000), out)
     assert not out.exists()  # nothing half-written
-
-
-@pytest.mark.slow
-def test_dvc_repro_runs_folders_and_folder_cnn_end_to_end(tmp_path: Path):
-    """dvc.yaml's wiring: fetch -> folders -> train/evaluate/export@folder_cnn, its data dep the folders output."""
-    import yaml
-
-    from tests.helpers import FASHION_MNIST, copy_repo, dvc
-
-    copy_repo(tmp_path)
-    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    model = raw["models"]["folder_cnn"]
-    model["train"].update(epochs=1, val_size=20)
-    model["gate"] = None  # the 0.75 is for the full recipe
-    model["export"]["calibration_size"] = 20
-    raw["models"] = {"folder_cnn": model}
-    raw["folders"] = {"train_per_class": 10, "test_per_class": 3}
-    raw["fetch"].update(source_dir=str(FASHION_MNIST), download=False)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    dvc(tmp_path, "repro", "export@folder_cnn")
-    folder = tmp_path / "data" / "folders" / "fashion_mnist"
-    names = sorted(p.name for p in (folder / "train").iterdir())
-    assert len(names) == 10 and len(list((folder / "test" / "Bag").glob("*.png"))) == 3
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "models" / "folder_cnn" / "model.onnx")).metadata_props}
-    assert json.loads(props[CLASSES_KEY]) == names and props["dltorch.dataset"] == "fashion_mnist"

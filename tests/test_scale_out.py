@@ -22,6 +22,9 @@ from dltorch.studies import names as study_names
 from tests.helpers import BIN, MLP_STAGES, dvc, free_port, tiny_mlp_repo, wait_for
 from tests.test_studies import shrunk_study
 
+# one worker runs this file: its module-scoped servers and repos are built once
+pytestmark = pytest.mark.xdist_group("scale_out")
+
 
 @pytest.fixture
 def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -61,10 +64,10 @@ def test_a_tiny_pipeline_tracks_to_a_real_tracking_server(tmp_path, raw_root, ti
     assert any(tracking_server.rglob("model.onnx")), "artifacts went through the server to its destination"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: a pytest-xdist worker may run another file's tests in between
 def mlp_repo(tmp_path_factory) -> Path:
     """A fresh copy of the repo whose pipeline is just a tiny MLP on the real data, reproduced once."""
-    # `dvc exp run` reproduces everything: keep the studies tiny
+    # the studies tiny, should anything reproduce them
     repo = tiny_mlp_repo(tmp_path_factory.mktemp("scale") / "repo",
                          {study: shrunk_study(study) for study in study_names()})
     dvc(repo, "repro", *MLP_STAGES)
@@ -93,9 +96,10 @@ def test_dvc_remote_round_trip_is_byte_identical(mlp_repo: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_experiments_run_and_queue_into_the_same_store(mlp_repo: Path):
-    dvc(mlp_repo, "exp", "run", "-n", "lr-3e-3", "-S", "models.mlp.train.lr=0.003")
-    dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-1e-2", "-S", "models.mlp.train.lr=0.01")
-    dvc(mlp_repo, "exp", "run", "--queue", "-n", "lr-5e-4", "-S", "models.mlp.train.lr=0.0005")
+    # the mlp's stages only (an experiment of one model; without a target it reproduces every stage)
+    dvc(mlp_repo, "exp", "run", "export@mlp", "-n", "lr-3e-3", "-S", "models.mlp.train.lr=0.003")
+    dvc(mlp_repo, "exp", "run", "export@mlp", "--queue", "-n", "lr-1e-2", "-S", "models.mlp.train.lr=0.01")
+    dvc(mlp_repo, "exp", "run", "export@mlp", "--queue", "-n", "lr-5e-4", "-S", "models.mlp.train.lr=0.0005")
     dvc(mlp_repo, "queue", "start", "-j", "2")  # two at once: they must not collide on the store
     deadline = time.monotonic() + 300
     while "Running" in (status := dvc(mlp_repo, "queue", "status").stdout) or "Queued" in status:

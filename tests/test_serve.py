@@ -31,6 +31,9 @@ from dltorch.serve import RequestGuard, non_finite_values
 from tests.conftest import REPO, tiny_idx_files, tiny_params_dict
 from tests.helpers import HOST, free_port, wait_for
 
+# one worker runs this file: its module-scoped servers and repos are built once
+pytestmark = pytest.mark.xdist_group("serve")
+
 ATOL = 1e-4  # the parity tolerance of params.yaml
 MAX_BODY = 10 * 2**20
 

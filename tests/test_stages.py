@@ -209,14 +209,15 @@ def test_every_version_is_candidate_and_champion_moves_only_on_a_better_metric(
 def _timed(monkeypatch, int8_ms: dict[str, float]) -> None:
     """Fixed latencies instead of measured ones, so which file is faster does not depend on the machine:
     fp32 takes 1 ms at every batch size, int8 what `int8_ms` says."""
-    def fake_time(path: Path, inputs: np.ndarray) -> dict[str, float]:
+    def fake_time(path: Path, inputs: np.ndarray, runs: int) -> dict[str, float]:
         return int8_ms if path.name.endswith(".int8.onnx") else dict.fromkeys(int8_ms, 1.0)
 
     monkeypatch.setattr(export_stage, "time_onnx", fake_time)
 
 
 def test_latency_is_measured_at_each_batch_size(tmp_path, raw_root, trained, evaluated):
-    deploy = _export(raw_root, trained, tmp_path / "export", evaluated)
+    deploy = _export(raw_root, trained, tmp_path / "export", evaluated, latency_runs=7)
+    assert deploy["int8"]["runs"] == 7
     for precision in ("fp32", "int8"):
         assert set(deploy["int8"][precision]["latency_ms"]) == {"batch_1", "batch_64"}
         assert all(ms > 0 for ms in deploy["int8"][precision]["latency_ms"].values())

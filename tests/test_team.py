@@ -25,6 +25,9 @@ from dltorch import stack
 from tests.conftest import REPO, tiny_params_dict
 from tests.helpers import BIN, MLP_STAGES, dvc, free_port, tiny_mlp_repo
 
+# one worker runs this file: its module-scoped servers and repos are built once
+pytestmark = pytest.mark.xdist_group("team")
+
 ARTIFACTS = Path(os.environ.get("DLTORCH_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "dltorch-test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

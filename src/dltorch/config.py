@@ -324,6 +324,9 @@ class ExportConfig(Strict):
     # The int8 model is registered only if its score is at most this much below the fp32 model's
     # (0.005 = 0.5 accuracy points).
     int8_max_drop: float = Field(0.005, ge=0)
+    # Timed calls per batch size behind each latency median that decides whether INT8 is faster (after a fifth as
+    # many warm-up calls). More runs steady the verdict on a busy machine; fewer make export quicker.
+    latency_runs: int = Field(50, ge=1)
 
 
 class GateConfig(Strict):

@@ -41,7 +41,7 @@ from dltorch.tracking import Run, Tracker
 SIGNATURE_EXAMPLES = 4
 INT8_SUFFIX = "-int8"  # the int8 model's name in the registry: `<model>-int8`
 # Export-time latency: one intra-op thread so the figure does not depend on what else runs on the machine.
-LATENCY_THREADS, LATENCY_BATCHES, LATENCY_RUNS, LATENCY_WARMUP = 1, (1, 64), 50, 10
+LATENCY_THREADS, LATENCY_BATCHES = 1, (1, 64)
 
 
 @dataclass(frozen=True)
@@ -148,21 +148,23 @@ def model_metadata(bundle: ModelBundle) -> dict[str, str]:
 def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: RegistryRule) -> dict[str, Any]:
     """Score and time both files under onnxruntime, then the gate (int8_verdict)."""
     inputs, targets = subject.test.inputs.numpy(), subject.test.targets.numpy()
-    measured: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": LATENCY_RUNS}
+    measured: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": spec.latency_runs}
     scorer = subject.task.scorer(train_judge(subject.task, paths.data, subject.bundle.dataset))
     for precision, path in (("fp32", paths.onnx), ("int8", paths.int8)):
         scores = scorer(run_onnx(onnx_session(path), inputs, spec.batch_size), targets)
-        measured[precision] = {rule.metric: scores[rule.metric], "latency_ms": time_onnx(path, inputs),
+        latency = time_onnx(path, inputs, spec.latency_runs)
+        measured[precision] = {rule.metric: scores[rule.metric], "latency_ms": latency,
                                "size_bytes": path.stat().st_size}
     return {**measured, **int8_verdict(measured, rule, spec.int8_max_drop), "mode": spec.quantize,
             "reduce_range": spec.reduce_range,
             "calibration_size": spec.calibration_size if spec.quantize == "static" else None}
 
 
-def time_onnx(path: Path, inputs: np.ndarray) -> dict[str, float]:
-    """Median latency of one call at each of LATENCY_BATCHES, on one thread."""
+def time_onnx(path: Path, inputs: np.ndarray, runs: int) -> dict[str, float]:
+    """Median latency of one call over `runs` calls at each of LATENCY_BATCHES, on one thread."""
     session = onnx_session(path, threads=LATENCY_THREADS)
-    return {f"batch_{b}": onnx_latency_ms(session, inputs, b, LATENCY_RUNS, LATENCY_WARMUP) for b in LATENCY_BATCHES}
+    warmup = max(1, runs // 5)
+    return {f"batch_{b}": onnx_latency_ms(session, inputs, b, runs, warmup) for b in LATENCY_BATCHES}
 
 
 def int8_verdict(measured: dict[str, Any], rule: RegistryRule, max_drop: float) -> dict[str, Any]:
