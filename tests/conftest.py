@@ -19,23 +19,6 @@ from dltorch.data.fetch import IDX_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test` runs `-n auto`), each worker gets its share of the cores: torch's threads and
-    OMP_NUM_THREADS for the stage processes it starts, so N workers do not run N x cores threads."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        import torch
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow end-to-end tests first, so that pytest-xdist's workers start on them and the many short tests fill
-    in around them (longest first), instead of one worker finishing on a long test alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 TINY_TRAIN, TINY_TEST = 300, 60
 
 
@@ -62,6 +45,24 @@ def tiny_idx_files(seed: int = 0) -> dict[str, bytes]:
     return {name: idx_bytes(array) for name, array in zip(IDX_FILES, arrays, strict=True)}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker gets its share of the cores: torch's threads and
+    OMP_NUM_THREADS for the stage processes it starts, so N workers do not run N x cores threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end tests first, so that pytest-xdist's workers start on them and the many short tests fill
+    in around them (longest first), instead of one worker finishing on a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def tiny_source(tmp_path: Path) -> Path:
     """A folder laid out like Debian's dataset package: four IDX .gz files."""
@@ -72,15 +73,19 @@ def tiny_source(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def raw_root(tmp_path: Path) -> Path:
-    """Decompressed tiny files in torchvision's layout, as the fetch stage leaves them."""
-    root = tmp_path / "raw"
+def write_tiny_raw(root: Path) -> Path:
+    """The tiny IDX files decompressed in torchvision's layout under `root`, as the fetch stage leaves them."""
     folder = root / "FashionMNIST" / "raw"
     folder.mkdir(parents=True)
     for name, data in tiny_idx_files().items():
         (folder / name).write_bytes(data)
     return root
+
+
+@pytest.fixture
+def raw_root(tmp_path: Path) -> Path:
+    """Decompressed tiny files in torchvision's layout, as the fetch stage leaves them."""
+    return write_tiny_raw(tmp_path / "raw")
 
 
 def tiny_params_dict(**train_overrides) -> dict:
@@ -122,12 +127,8 @@ def tiny_image_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dltorch.data.folders import write_image_folders
 
     root = tmp_path_factory.mktemp("folders")
-    raw = root / "raw" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name, data in tiny_idx_files().items():
-        (raw / name).write_bytes(data)
-    write_image_folders(root / "raw", "fashion_mnist", FoldersConfig(train_per_class=8, test_per_class=1),
-                        root / "fashion_mnist")
+    write_image_folders(write_tiny_raw(root / "raw"), "fashion_mnist",
+                        FoldersConfig(train_per_class=8, test_per_class=1), root / "fashion_mnist")
     return root / "fashion_mnist"
 
 
