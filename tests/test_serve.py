@@ -28,7 +28,7 @@ from dltorch.pipeline.evaluate import evaluate
 from dltorch.pipeline.export import ExportPaths, export
 from dltorch.pipeline.train import train
 from dltorch.serve import RequestGuard, non_finite_values
-from tests.conftest import REPO, tiny_idx_files, tiny_params_dict
+from tests.conftest import REPO, tiny_params_dict, write_tiny_raw
 from tests.helpers import HOST, free_port, wait_for
 
 # one worker runs this file: its module-scoped servers and repos are built once
@@ -113,10 +113,7 @@ def test_finite_strings_and_malformed_json_are_left_to_mlflow(body):
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A tiny MLP trained, evaluated and exported, so `models:/mlp@champion` exists in a private store."""
     root = tmp_path_factory.mktemp("serving")
-    raw = root / "raw" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name, data in tiny_idx_files().items():
-        (raw / name).write_bytes(data)
+    write_tiny_raw(root / "raw")
     store = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", store)
