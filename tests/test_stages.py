@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -147,6 +148,10 @@ def test_export_passes_parity_and_logs_an_onnx_model_with_signature(tmp_path, ra
     assert info.signature.inputs.inputs[0].shape == (-1, 1, 28, 28)
     served = mlflow.pyfunc.load_model(fp32[0].model_uri)
     assert served.predict(torch.rand(3, 1, 28, 28).numpy())["logits"].shape == (3, 10)
+    # what a server that builds the model's own environment installs: the packages the pyfunc imports, pinned to ours
+    listed = Path(mlflow.pyfunc.get_model_dependencies(fp32[0].model_uri)).read_text().split()
+    assert sorted(listed) == [f"{package}=={importlib.metadata.version(package)}"
+                      for package in ("mlflow", "numpy", "onnx", "onnxruntime")]
 
 
 def test_parity_breach_fails_the_stage_leaves_no_onnx_registers_nothing_and_marks_the_run_failed(

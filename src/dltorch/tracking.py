@@ -311,9 +311,13 @@ class Run:
         """
         import mlflow
         import mlflow.onnx
+        import numpy as np
         import onnx
 
         proto = onnx.load(str(onnx_path))
+        # What MLflow's inference finds for an ONNX pyfunc, pinned to this environment. Given, not inferred: the
+        # inference loads the model in a subprocess to watch its imports, 2.4 s of every log_model call.
+        requirements = [*mlflow.onnx.get_default_pip_requirements(), f"numpy=={np.__version__}"]
         self.tracker._fluent()
         # log_model attaches the model to the active run: this one, for this call only. Leaving start_run marks
         # the run FINISHED; it is running again until the stage's own run ends and sets its final status.
@@ -321,6 +325,7 @@ class Run:
             info = mlflow.onnx.log_model(
                 proto, name=name, signature=_signature(proto, example, output), input_example=example,
                 save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+                pip_requirements=requirements,
             )
         self.tracker.client().update_run(self.id, status="RUNNING")
         return info.model_uri
