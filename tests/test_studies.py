@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from dltorch import engine, studies
 from dltorch.config import load_params, parse_params
 from dltorch.data.regression import generate
-from dltorch.data.synth import write_sets
 from dltorch.data.tensors import TensorData
 from dltorch.errors import ParamsError
 from dltorch.models import create
@@ -49,10 +48,9 @@ def shrunk_study(name: str, epochs: int = 2) -> dict:
 
 
 @pytest.fixture
-def synthetic(tmp_path: Path) -> Path:
-    folder = tmp_path / "synthetic"
-    write_sets(REPO_PARAMS.synth, folder)
-    return folder
+def synthetic(synthetic_sets: Path) -> Path:
+    """The synth stage's CSV sets as params.yaml draws them, written once a session: the studies only read them."""
+    return synthetic_sets
 
 
 @pytest.mark.parametrize("name", VARIANT_STUDIES)
