@@ -5,7 +5,8 @@ images/s), and one without it emulates bf16 many times slower. So before trainin
 forward/backward steps of the actual model on an actual batch in both precisions and keeps bf16 only where it is
 clearly faster. The verdict is cached per machine (CPU or GPU model, threads, torch version) and per model (the
 parameters' shapes and the batch's shape), so a rerun or a resumed run trains in the same precision without
-measuring again.
+measuring again. A verdict measured while other processes took CPU time decides this run only: it is not cached,
+as it would otherwise stand for every later run on a quiet machine.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ MIN_SAVING = 0.10
 WARMUP_STEPS = 2  # oneDNN picks and caches its kernels on the first calls
 TIMED_STEPS = 5
 CACHE_ENV = "DLTORCH_CACHE_DIR"
+# Other processes' CPU time during the measurement, in cores, above which its verdict is not cached. Measured over
+# at least MIN_WINDOW_S, as /proc/stat counts in ticks of 10 ms.
+MAX_OTHERS_CORES = 0.25
+MIN_WINDOW_S = 0.5
 
 Step = Callable[[nn.Module, str], None]  # one forward/backward of a model in a precision ("fp32" | "bf16")
 
@@ -44,9 +49,16 @@ class Verdict:
     fp32_ms: float  # the median step time of each
     bf16_ms: float
     cached: bool = False
+    others_cores: float = 0.0  # CPU other processes used while it was measured
+
+    @property
+    def contended(self) -> bool:
+        return self.others_cores > MAX_OTHERS_CORES
 
     def describe(self) -> str:
         source = "cached" if self.cached else "measured"
+        if self.contended:
+            source += f" while other processes used {self.others_cores:.2f} cores, so not cached"
         return (f"precision auto -> {self.precision} ({source}: fp32 {self.fp32_ms:.1f} ms/step, "
                 f"bf16 {self.bf16_ms:.1f} ms/step)")
 
@@ -117,8 +129,12 @@ def resolve(device: torch.device, model: nn.Module, batch_shape: tuple[int, ...]
     cache = _read_cache(path)
     if key in cache:
         return Verdict(**cache[key], cached=True)
+    watch = OthersCpu()
     times = measure(step, model)
-    verdict = Verdict(decide(times["fp32"], times["bf16"]), round(times["fp32"], 3), round(times["bf16"], 3))
+    verdict = Verdict(decide(times["fp32"], times["bf16"]), round(times["fp32"], 3), round(times["bf16"], 3),
+                      others_cores=round(watch.cores(), 3))
+    if verdict.contended:
+        return verdict
     cache[key] = {"precision": verdict.precision, "fp32_ms": verdict.fp32_ms, "bf16_ms": verdict.bf16_ms}
     try:
         write_json(path, cache)
@@ -136,3 +152,28 @@ def _read_cache(path: Path) -> dict:
         log.warning("ignoring unreadable precision cache %s (%s)", path, exc)
         return {}
     return cache if isinstance(cache, dict) else {}
+
+
+class OthersCpu:
+    """The CPU time other processes use from now on, in cores: the machine's busy ticks (/proc/stat) less this
+    process's own CPU time, over the wall time (at least MIN_WINDOW_S). 0 where /proc/stat is absent."""
+
+    def __init__(self) -> None:
+        self.busy, self.own, self.wall = _machine_busy_s(), time.process_time(), time.perf_counter()
+
+    def cores(self) -> float:
+        busy = _machine_busy_s()
+        if busy is None or self.busy is None:
+            return 0.0
+        others = (busy - self.busy) - (time.process_time() - self.own)
+        return max(0.0, others) / max(time.perf_counter() - self.wall, MIN_WINDOW_S)
+
+
+def _machine_busy_s() -> float | None:
+    """Seconds of CPU time every process has used since boot: /proc/stat's user, nice, system, irq, softirq, steal."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
