@@ -32,6 +32,12 @@ REPO_PARAMS = load_params(REPO / "params.yaml")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def plot_axes(name: str) -> set[str]:
+    """The columns dvc.yaml's plot of the study's curves.csv draws: its x and y."""
+    item = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["study"]["foreach"][name]
+    return {item["x"], item["y"]}
+
+
 def shrunk_study(name: str, epochs: int = 2) -> dict:
     """The repo's study section, every variant cut to `epochs` epochs (capped steps for batch-1 variants)."""
     if name == "transfer":  # one pretraining epoch, `epochs` steps per target run, 2 and 4 labels per class
@@ -68,6 +74,7 @@ def test_each_study_writes_its_figure_metrics_curves_and_runs(name, tmp_path, sy
     with open(out / "curves.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["variant"] for row in rows} == set(study.variants)
+    assert plot_axes(name) <= set(rows[0])  # what `dvc plots show` draws is there
 
     client = MlflowClient()
     parents = client.search_runs([client.get_experiment_by_name("tests").experiment_id],

@@ -19,7 +19,7 @@ from dltorch.errors import DataError, ParamsError
 from dltorch.studies import transfer
 from dltorch.studies.common import run_study
 from tests.conftest import REPO
-from tests.test_studies import shrunk_study
+from tests.test_studies import plot_axes, shrunk_study
 
 REPO_PARAMS = load_params(REPO / "params.yaml")
 INPUTS = {"in_shape": (1, 28, 28), "mean": [0.3], "std": [0.3]}
@@ -102,6 +102,7 @@ def test_the_study_writes_its_table_figure_curves_and_runs(tmp_path, raw_root, m
     with open(out / "curves.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["variant"], int(r["budget"])) for r in rows} == {(v, b) for v in variants for b in budgets}
+    assert plot_axes("transfer") <= set(rows[0])  # what `dvc plots show` draws is there
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
     client = MlflowClient()
