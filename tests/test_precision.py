@@ -54,22 +54,14 @@ def test_auto_trains_in_the_precision_measured_faster(raw_root, tmp_path, monkey
     assert history[-1]["precision"] == chosen
 
 
-class _OthersUsing:
-    """Stands for precision.OthersCpu: other processes used `cores` while the verdict was measured."""
-
-    def __init__(self, cores: float) -> None:
-        self.used = cores
-
-    def __call__(self) -> _OthersUsing:
-        return self
-
-    def cores(self) -> float:
-        return self.used
+def _others_using(monkeypatch: pytest.MonkeyPatch, cores: float) -> None:
+    """Other processes used `cores` while the verdict was measured (precision.OthersCpu's reading)."""
+    monkeypatch.setattr(precision.OthersCpu, "cores", lambda self: cores)
 
 
 def test_the_verdict_is_measured_once_per_machine_and_model_shape(raw_root, tmp_path, monkeypatch):
     monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "OthersCpu", _OthersUsing(0.0))  # a quiet machine (pytest-xdist's is not)
+    _others_using(monkeypatch, 0.0)  # a quiet machine (pytest-xdist's is not)
     calls: list = []
     monkeypatch.setattr(precision, "measure", _timed(10.0, 5.0, calls))
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, val_size=40, precision="auto", device="cpu")
@@ -104,7 +96,7 @@ def test_an_unreadable_cache_is_measured_over_not_fatal(raw_root, tmp_path, monk
     cache.mkdir()
     (cache / "precision.json").write_text("{not json")
     monkeypatch.setenv(precision.CACHE_ENV, str(cache))
-    monkeypatch.setattr(precision, "OthersCpu", _OthersUsing(0.0))
+    _others_using(monkeypatch, 0.0)
     calls: list = []
     monkeypatch.setattr(precision, "measure", _timed(5.0, 10.0, calls))
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, val_size=40, precision="auto", device="cpu")
@@ -115,14 +107,14 @@ def test_an_unreadable_cache_is_measured_over_not_fatal(raw_root, tmp_path, monk
 
 def test_a_verdict_measured_on_busy_cores_decides_its_run_but_is_not_cached(raw_root, tmp_path, monkeypatch):
     monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "OthersCpu", _OthersUsing(1.0))
+    _others_using(monkeypatch, 1.0)
     calls: list = []
     monkeypatch.setattr(precision, "measure", _timed(10.0, 5.0, calls))
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, val_size=40, precision="auto", device="cpu")
     _, dtypes = _fit_recording_dtypes(raw_root, tmp_path, cfg)
     assert dtypes == {torch.bfloat16}  # the run trains in what was measured
     assert not (tmp_path / "cache" / "precision.json").exists()
-    monkeypatch.setattr(precision, "OthersCpu", _OthersUsing(0.0))
+    _others_using(monkeypatch, 0.0)
     _fit_recording_dtypes(raw_root, tmp_path, cfg)
     assert len(calls) == 2 and len(precision.read_json(tmp_path / "cache" / "precision.json")) == 1
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,18 +52,12 @@ def shrunk_study(name: str, epochs: int = 2) -> dict:
     return study
 
 
-@pytest.fixture
-def synthetic(synthetic_sets: Path) -> Path:
-    """The synth stage's CSV sets as params.yaml draws them, written once a session: the studies only read them."""
-    return synthetic_sets
-
-
 @pytest.mark.parametrize("name", VARIANT_STUDIES)
-def test_each_study_writes_its_figure_metrics_curves_and_runs(name, tmp_path, synthetic, mlflow_store):
+def test_each_study_writes_its_figure_metrics_curves_and_runs(name, tmp_path, synthetic_sets, mlflow_store):
     params = parse_params({"mlflow": {"experiment": "tests"}, "models": {}, name: shrunk_study(name)})
     study = params.study(name)
     out = tmp_path / name
-    metrics = run_study(name, params, synthetic / f"{study.data}.csv", out)
+    metrics = run_study(name, params, synthetic_sets / f"{study.data}.csv", out)
 
     assert (out / "comparison.png").read_bytes()[:8] == PNG
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -93,9 +86,9 @@ def test_each_study_writes_its_figure_metrics_curves_and_runs(name, tmp_path, sy
     assert {f"{name}/comparison.png", f"{name}/metrics.json", f"{name}/curves.csv"} <= artifacts
 
 
-def test_optimizer_variants_start_from_the_same_weights(synthetic):
+def test_optimizer_variants_start_from_the_same_weights(synthetic_sets):
     study = REPO_PARAMS.study("optimizers")
-    train, test = load_set(synthetic / "parabola.csv")
+    train, test = load_set(synthetic_sets / "parabola.csv")
     starts = []
     for name in ("sgd", "adam"):
         arch, args, cfg = study.variant(name)
@@ -103,9 +96,9 @@ def test_optimizer_variants_start_from_the_same_weights(synthetic):
     assert starts[0] == starts[1]  # the first step's loss is computed before any update
 
 
-def test_lr_schedule_variants_record_their_learning_rates(synthetic):
+def test_lr_schedule_variants_record_their_learning_rates(synthetic_sets):
     study = REPO_PARAMS.study("lr_schedules")
-    train, test = load_set(synthetic / "parabola.csv")
+    train, test = load_set(synthetic_sets / "parabola.csv")
     rates = {}
     for name in ("constant", "cosine", "onecycle"):
         arch, args, cfg = study.variant(name)
@@ -156,7 +149,7 @@ def test_gd_variants_keep_the_course_momentum_beside_the_conventional_one():
         {"mini_batch": "fresh_batches", "mini_batch_momentum_1": "fresh_batches"}
 
 
-def test_adagrad_study_is_the_course_lesson(synthetic):
+def test_adagrad_study_is_the_course_lesson(synthetic_sets):
     """The course's AdaGrad lesson, written as it is, against the study's `adagrad` variant through engine.fit."""
     torch.manual_seed(REPO_PARAMS.synth.adagrad_line.seed)  # unseeded in the course
     X = torch.randn(100, 1)  # noqa: N806  (the course's name)
@@ -174,7 +167,7 @@ def test_adagrad_study_is_the_course_lesson(synthetic):
         losses.append(loss.item())
 
     study = REPO_PARAMS.study("adagrad")
-    train, test = load_set(synthetic / f"{study.data}.csv")
+    train, test = load_set(synthetic_sets / f"{study.data}.csv")
     assert torch.equal(train.inputs, X) and torch.equal(train.targets, y) and test is None
     result = train_variant(*study.variant("adagrad"), train, test)
     assert [step["loss"] for step in result.steps] == losses
@@ -214,13 +207,13 @@ def test_a_params_section_no_study_knows_is_an_unknown_key():
         parse_params({"models": {}, "capacty": shrunk_study("capacity")})
 
 
-def test_study_stage_runs_a_study_by_name_or_fails_cleanly(tmp_path, synthetic):
+def test_study_stage_runs_a_study_by_name_or_fails_cleanly(tmp_path, synthetic_sets):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({"mlflow": {"experiment": "tests"}, "models": {},
                                            "dropout": shrunk_study("dropout")}))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     stage = [sys.executable, str(REPO / "stages" / "study.py"), "--params", str(params_file), "--data",
-             str(synthetic / "dropout_points.csv")]
+             str(synthetic_sets / "dropout_points.csv")]
     done = subprocess.run([*stage, "--study", "dropout", "--out", str(tmp_path / "dropout")], capture_output=True,
                           text=True, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
@@ -232,10 +225,10 @@ def test_study_stage_runs_a_study_by_name_or_fails_cleanly(tmp_path, synthetic):
     assert "Traceback" not in failed.stderr and not (tmp_path / "capacity").exists()
 
 
-def test_an_epoch_of_fresh_batches_averages_the_rows_it_saw(synthetic):
+def test_an_epoch_of_fresh_batches_averages_the_rows_it_saw(synthetic_sets):
     """8 fresh batches of 128 see 1024 rows of the 1000: the epoch's loss is their mean, not a sum over 1000."""
     arch, args, cfg = REPO_PARAMS.study("gd_variants").variant("mini_batch")
-    train, _ = load_set(synthetic / "parabola.csv")
+    train, _ = load_set(synthetic_sets / "parabola.csv")
     torch.manual_seed(0)
     model = create(arch, args, in_shape=(1,), num_outputs=1)
     steps: list[float] = []
