@@ -1,67 +1,22 @@
-"""Moving off one laptop: a shared MLflow tracking server, a DVC remote, and DVC experiments."""
+"""Moving off one laptop: a DVC remote and DVC experiments (a shared tracking server: tests/test_team.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dltorch.config import ExportConfig
-from dltorch.pipeline.evaluate import evaluate
-from dltorch.pipeline.export import ExportPaths, export
-from dltorch.pipeline.train import train
 from dltorch.studies import names as study_names
-from tests.helpers import BIN, MLP_STAGES, dvc, free_port, tiny_mlp_repo, wait_for
+from tests.helpers import MLP_STAGES, dvc, tiny_mlp_repo
 from tests.test_studies import shrunk_study
 
-# one worker runs this file: its module-scoped servers and repos are built once
+# one worker runs this file: its repo is built once
 pytestmark = pytest.mark.xdist_group("scale_out")
-
-
-@pytest.fixture
-def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", server, seconds=90)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-        yield tmp_path / "server-artifacts"
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-
-
-@pytest.mark.slow
-def test_a_tiny_pipeline_tracks_to_a_real_tracking_server(tmp_path, raw_root, tiny_params, tracking_server):
-    model_dir = tmp_path / "mlp"
-    train(tiny_params, "mlp", raw_root, model_dir)
-    metrics = evaluate(raw_root, model_dir, tmp_path / "eval")
-    deploy = export(ExportPaths.beside(raw_root, model_dir, tmp_path / "eval" / "metrics.json", tmp_path),
-                    ExportConfig(batch_size=16), tiny_params.registry_rule("mlp"))
-    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
-    run = MlflowClient().get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert len(MlflowClient().get_metric_history(run_id, "train_loss")) == 2
-    assert deploy["registry"]["fp32"]["decision"] == "promoted"  # the registry works through the server too
-    model = next(m for m in mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-                 if m.name == "model")
-    downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.model_uri, dst_path=str(tmp_path / "dl")))
-    assert (downloaded / "model.onnx").read_bytes() == (tmp_path / "model.onnx").read_bytes()
-    assert any(tracking_server.rglob("model.onnx")), "artifacts went through the server to its destination"
 
 
 @pytest.fixture(scope="session")  # not module: a pytest-xdist worker may run another file's tests in between
@@ -96,10 +51,11 @@ def test_dvc_remote_round_trip_is_byte_identical(mlp_repo: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_experiments_run_and_queue_into_the_same_store(mlp_repo: Path):
-    # the mlp's stages only (an experiment of one model; without a target it reproduces every stage)
-    dvc(mlp_repo, "exp", "run", "export@mlp", "-n", "lr-3e-3", "-S", "models.mlp.train.lr=0.003")
-    dvc(mlp_repo, "exp", "run", "export@mlp", "--queue", "-n", "lr-1e-2", "-S", "models.mlp.train.lr=0.01")
-    dvc(mlp_repo, "exp", "run", "export@mlp", "--queue", "-n", "lr-5e-4", "-S", "models.mlp.train.lr=0.0005")
+    # the mlp's training and evaluation only (an experiment of one model; without a target it reproduces every
+    # stage): what is compared is each run's params and test metrics
+    dvc(mlp_repo, "exp", "run", "evaluate@mlp", "-n", "lr-3e-3", "-S", "models.mlp.train.lr=0.003")
+    dvc(mlp_repo, "exp", "run", "evaluate@mlp", "--queue", "-n", "lr-1e-2", "-S", "models.mlp.train.lr=0.01")
+    dvc(mlp_repo, "exp", "run", "evaluate@mlp", "--queue", "-n", "lr-5e-4", "-S", "models.mlp.train.lr=0.0005")
     dvc(mlp_repo, "queue", "start", "-j", "2")  # two at once: they must not collide on the store
     deadline = time.monotonic() + 300
     while "Running" in (status := dvc(mlp_repo, "queue", "status").stdout) or "Queued" in status:

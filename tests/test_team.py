@@ -102,6 +102,9 @@ def test_the_pipeline_tracks_registers_and_stores_on_the_team_stack(team_repo: P
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert 0 < run.data.metrics["train_time_s"] < 600
+    # per-epoch metrics reach the server as histories, one point per epoch of history.json
+    epochs = len(json.loads((team_repo / "models" / "mlp" / "history.json").read_text()))
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(1, epochs + 1))
     # The UI's items: the experiment opens on its training runs, the Dataset column names DVC's hash of the data.
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     lock = yaml.safe_load((team_repo / "dvc.lock").read_text())
