@@ -18,15 +18,21 @@ from tests.conftest import REPO, tiny_params_dict
 WORKER = REPO / "tests" / "ddp_worker.py"
 
 
-def _worker(raw: Path, epochs: int, checkpoint: Path, out: Path, nproc: int, resume: bool = False,
-            batch_size: int = 40) -> dict:
+def _worker(raw: Path, epochs: int, folder: Path, nproc: int, resume: bool = False,
+            batch_sizes: tuple[int, ...] = (40,)) -> dict[int, dict]:
+    """ddp_worker.py's weights per batch size, trained in one launch; its checkpoints stay in `folder`."""
+    folder.mkdir(exist_ok=True)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command = [*(launcher if nproc > 1 else [sys.executable]), str(WORKER), "--raw", str(raw), "--epochs",
-               str(epochs), "--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", str(batch_size),
+               str(epochs), "--folder", str(folder), "--batch-size", *map(str, batch_sizes),
                *(["--resume"] if resume else [])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(out, weights_only=True)
+    return {size: torch.load(folder / f"weights-{size}.pt", weights_only=True) for size in batch_sizes}
+
+
+def _checkpoint(folder: Path, batch_size: int = 40) -> dict:
+    return torch.load(folder / f"checkpoint-{batch_size}.pt", weights_only=True)
 
 
 def _assert_close(a: dict, b: dict, atol: float) -> None:
@@ -36,26 +42,26 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch_size", [40, 33])  # 33 = 17 + 16 per rank, and the last batch of 3 is 2 + 1
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, raw_root: Path, batch_size: int):
-    single = _worker(raw_root, 2, tmp_path / "c1.pt", tmp_path / "w1.pt", nproc=1, batch_size=batch_size)
-    double = _worker(raw_root, 2, tmp_path / "c2.pt", tmp_path / "w2.pt", nproc=2, batch_size=batch_size)
-    _assert_close(single, double, atol=1e-5)
-    one, two = (torch.load(tmp_path / name, weights_only=True) for name in ("c1.pt", "c2.pt"))
-    assert one.keys() == two.keys() and one["epoch"] == two["epoch"] == 2
-    losses_one, losses_two = ([row["train_loss"] for row in c["history"]] for c in (one, two))
-    assert losses_one[1] < losses_one[0]  # it trained, so the match is not two untouched models
-    assert losses_two == pytest.approx(losses_one, abs=1e-5)  # metrics are summed across ranks
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, raw_root: Path):
+    sizes = (40, 33)  # 33 = 17 + 16 per rank, and the last batch of 3 is 2 + 1
+    single = _worker(raw_root, 2, tmp_path / "one", nproc=1, batch_sizes=sizes)
+    double = _worker(raw_root, 2, tmp_path / "two", nproc=2, batch_sizes=sizes)
+    for size in sizes:
+        _assert_close(single[size], double[size], atol=1e-5)
+        one, two = _checkpoint(tmp_path / "one", size), _checkpoint(tmp_path / "two", size)
+        assert one.keys() == two.keys() and one["epoch"] == two["epoch"] == 2, size
+        losses_one, losses_two = ([row["train_loss"] for row in c["history"]] for c in (one, two))
+        assert losses_one[1] < losses_one[0], size  # it trained, so the match is not two untouched models
+        assert losses_two == pytest.approx(losses_one, abs=1e-5), size  # metrics are summed across ranks
 
 
 @pytest.mark.slow
 def test_a_resumed_distributed_run_continues_from_its_checkpoint(tmp_path: Path, raw_root: Path):
-    uninterrupted = _worker(raw_root, 3, tmp_path / "full.pt", tmp_path / "full_w.pt", nproc=2)
-    checkpoint = tmp_path / "ckpt.pt"
-    _worker(raw_root, 1, checkpoint, tmp_path / "first_w.pt", nproc=2)
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
-    resumed = _worker(raw_root, 3, checkpoint, tmp_path / "resumed_w.pt", nproc=2, resume=True)
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3
+    uninterrupted = _worker(raw_root, 3, tmp_path / "full", nproc=2)[40]
+    _worker(raw_root, 1, tmp_path / "resumed", nproc=2)
+    assert _checkpoint(tmp_path / "resumed")["epoch"] == 1
+    resumed = _worker(raw_root, 3, tmp_path / "resumed", nproc=2, resume=True)[40]
+    assert _checkpoint(tmp_path / "resumed")["epoch"] == 3
     _assert_close(uninterrupted, resumed, atol=1e-6)
 
 
