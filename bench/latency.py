@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dltorch import precision, tracking
 from dltorch.bundle import load_model
 from dltorch.config import load_params
 from dltorch.export import median_ms, onnx_latency_ms, onnx_session
 from dltorch.layout import ModelFiles
+from dltorch.pipeline.export import graph_view
 from dltorch.tasks import get_task
 
 BATCHES = (1, 64)
@@ -28,12 +30,14 @@ GOAL_RATIO = 0.3
 GOAL_ARCHS = {"mlp", "lenet5", "resnet"}
 
 
-def bench_model(name: str, files: ModelFiles, inputs: np.ndarray, runs: int, warmup: int, threads: int) -> list[dict]:
-    _, model = load_model(files.model)
+def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarray, runs: int, warmup: int,
+                threads: int) -> list[dict]:
+    """`model` is what the ONNX graph holds (the export stage's view: a GAN's generator), `inputs` what it reads; a
+    batch size larger than the test set (a graph task's one graph) is left out."""
     sessions = {precision: onnx_session(path, threads=threads)
                 for precision, path in (("fp32", files.onnx), ("int8", files.int8))}
     rows = []
-    for batch in BATCHES:
+    for batch in (size for size in BATCHES if size <= len(inputs)):
         tensor = torch.from_numpy(np.ascontiguousarray(inputs[:batch]))
         with torch.inference_mode():
             eager = median_ms(lambda tensor=tensor: model(tensor), runs, warmup)
@@ -80,9 +84,11 @@ def main() -> None:
         if missing:
             print(f"skip {name}: no {', '.join(missing)} in {files.folder}; run `dvc repro export@{name}`")
             continue
-        test = get_task(cfg.task).load_test(args.data / cfg.data, params.fetch.dataset, cfg.train)
+        bundle, model = load_model(files.model)
+        task = get_task(bundle.task)
+        graph_model, test = graph_view(task, model, task.load_test(args.data / cfg.data, bundle.dataset, cfg.train))
         inputs = test.inputs[: max(BATCHES)].numpy()
-        rows += bench_model(name, files, inputs, args.runs, args.warmup, args.threads)
+        rows += bench_model(name, graph_model, files, inputs, args.runs, args.warmup, args.threads)
     if not rows:
         raise SystemExit("no exported model to time; run `dvc repro` first")
     header = (f"torch {torch.__version__}, onnxruntime {_ort_version()}, "

@@ -97,8 +97,14 @@ def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
     bundle, model = load_model(paths.model_dir / MODEL_FILE)
     task = get_task(bundle.task)
     settings = TrainConfig.model_validate(bundle.config["train"])
-    test = task.test_inputs(task.load_test(paths.data, bundle.dataset, settings=settings), model)
-    return Subject(bundle, task.export_view(model).eval(), task, settings, test, score)
+    graph_model, test = graph_view(task, model, task.load_test(paths.data, bundle.dataset, settings=settings))
+    return Subject(bundle, graph_model, task, settings, test, score)
+
+
+def graph_view(task: Any, model: torch.nn.Module, test: TensorData) -> tuple[torch.nn.Module, TensorData]:
+    """What the ONNX graph holds and reads: the task's export view of the model (a GAN's generator) and the test
+    set as the graph takes it (a GAN's noise, the images as its targets)."""
+    return task.export_view(model).eval(), task.test_inputs(test, model)
 
 
 def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run: Run) -> dict[str, Any]:
