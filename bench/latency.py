@@ -10,6 +10,7 @@ Goal reported against: onnxruntime batch-1 latency <= 0.3x torch eager (issue #1
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,18 @@ GOAL_RATIO = 0.3
 GOAL_ARCHS = {"mlp", "lenet5", "resnet"}
 
 
-def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarray, runs: int, warmup: int,
-                threads: int) -> list[dict]:
+@dataclass(frozen=True)
+class Timing:
+    runs: int  # timed calls, of which the median is reported
+    warmup: int  # untimed calls before them
+    threads: int  # intra-op threads, torch's and onnxruntime's alike
+
+
+def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarray, timing: Timing) -> list[dict]:
     """`model` is what the ONNX graph holds (the export stage's view: a GAN's generator), `inputs` what it reads; a
     batch size larger than the test set (a graph task's one graph) is left out."""
-    sessions = {precision: onnx_session(path, threads=threads)
+    runs, warmup = timing.runs, timing.warmup
+    sessions = {precision: onnx_session(path, threads=timing.threads)
                 for precision, path in (("fp32", files.onnx), ("int8", files.int8))}
     rows = []
     for batch in (size for size in BATCHES if size <= len(inputs)):
@@ -88,7 +96,7 @@ def main() -> None:
         task = get_task(bundle.task)
         graph_model, test = graph_view(task, model, task.load_test(args.data / cfg.data, bundle.dataset, cfg.train))
         inputs = test.inputs[: max(BATCHES)].numpy()
-        rows += bench_model(name, graph_model, files, inputs, args.runs, args.warmup, args.threads)
+        rows += bench_model(name, graph_model, files, inputs, Timing(args.runs, args.warmup, args.threads))
     if not rows:
         raise SystemExit("no exported model to time; run `dvc repro` first")
     header = (f"torch {torch.__version__}, onnxruntime {_ort_version()}, "
