@@ -1,8 +1,13 @@
-"""End to end: `dvc repro` in a fresh copy of the repo with a shrunken params profile and the real data."""
+"""End to end: `dvc repro` in a fresh copy of the repo with a shrunken params profile and the real data; then, on
+the same reproduced copy, a DVC remote round trip and DVC experiments queued two at a time (a shared tracking
+server and an S3 remote: tests/test_team.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import time
 from pathlib import Path
 
 import mlflow
@@ -19,8 +24,15 @@ from dltorch.data.regression import read_set
 from dltorch.export import CLASSES_KEY
 from dltorch.studies import names as study_names
 from tests.conftest import TINY_SEQUENCES, TINY_SHAPES
-from tests.helpers import FASHION_MNIST, copy_repo, dvc
+from tests.helpers import FASHION_MNIST, MLP_STAGES, copy_repo, dvc
 from tests.test_studies import shrunk_study
+
+# one worker runs this file: its repo is reproduced once
+pytestmark = pytest.mark.xdist_group("e2e")
+# The study DVC runs here: the study template is one `foreach` in dvc.yaml, and every study runs through the same
+# stage function (run_study), which tests/test_studies.py and tests/test_transfer.py run for each study in-process
+# with the same assertions (figure, metrics, curves, MLflow parent and child runs).
+DVC_STUDY = "adagrad"
 
 
 def _shrink_params(repo: Path) -> None:
@@ -49,6 +61,10 @@ def _shrink_params(repo: Path) -> None:
         raw[study] = shrunk_study(study)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     load_params(repo / "params.yaml")  # the shrunken profile is still valid
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    studies = pipeline["stages"]["study"]["foreach"]
+    pipeline["stages"]["study"]["foreach"] = {DVC_STUDY: studies[DVC_STUDY]}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
 def raw_study_variants(repo: Path, study: str) -> list[str]:
@@ -66,15 +82,21 @@ def _onnx_accuracy(path: Path, raw_root: Path, batch_size: int) -> float:
     return float((logits.argmax(1) == test.targets.numpy()).mean())
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture(scope="session")  # not module: a pytest-xdist worker may run another file's tests in between
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the repo, shrunk (_shrink_params), after one `dvc repro`."""
     assert (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), (
         "the end-to-end test uses the real Fashion-MNIST: run `make setup` (installs dataset-fashion-mnist)")
-    repo = tmp_path / "repo"
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
     copy_repo(repo)
     _shrink_params(repo)
     dvc(repo, "repro")
+    return repo
 
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_pipeline(reproduced: Path, monkeypatch: pytest.MonkeyPatch):
+    repo = reproduced
     metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
     shown = next(iter(metrics.values()))["data"]
     eval_metrics = shown["models/mlp/eval/metrics.json"]["data"]
@@ -84,15 +106,15 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     w, b = np.polyfit(x, y, 1)  # numpy's least squares as the oracle of the closed form
     assert (numpy_line["closed_form_w"], numpy_line["closed_form_b"]) == pytest.approx((w, b), rel=1e-6)
     assert abs(numpy_line["w"] - w) < 0.1
-    for study in study_names():
-        assert set(shown[f"studies/{study}/metrics.json"]["data"]["variants"]) == set(raw_study_variants(repo, study))
+    assert set(shown[f"studies/{DVC_STUDY}/metrics.json"]["data"]["variants"]) == \
+        set(raw_study_variants(repo, DVC_STUDY))
     assert eval_metrics["test_accuracy"] > 0.75  # 2 epochs of a 32-unit MLP on the real data
     parity = json.loads((repo / "models/mlp/parity.json").read_text())
     assert parity["passed"] and parity["samples"] == 10_000
     assert (repo / "models/mlp/model.onnx").stat().st_size > 0
     plots = dvc(repo, "plots", "show", "--json").stdout
     assert "models/mlp/history.json" in plots and "models/mlp/eval/predictions.csv" in plots
-    assert all(f"studies/{study}/curves.csv" in plots for study in study_names())
+    assert f"studies/{DVC_STUDY}/curves.csv" in plots
     synth_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synth"]
     assert synth_lock["outs"][0]["nfiles"] == 7 + 2 + 2 + 2 * TINY_SHAPES["count"]  # CSVs; graphs; series + spec;
     # images, masks
@@ -136,10 +158,10 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     assert "evaluate/confusion.png" in artifacts
     client = MlflowClient()
     experiment = client.get_experiment_by_name("dltorch").experiment_id
-    for study in study_names():
-        (parent,) = client.search_runs([experiment], f"tags.study = '{study}' and tags.dvc_stage = 'study@{study}'")
-        children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        assert {c.data.tags["variant"] for c in children} == set(raw_study_variants(repo, study))
+    (parent,) = client.search_runs([experiment], f"tags.study = '{DVC_STUDY}' and "
+                                                 f"tags.dvc_stage = 'study@{DVC_STUDY}'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {c.data.tags["variant"] for c in children} == set(raw_study_variants(repo, DVC_STUDY))
 
     # Python's byte code beside a dep (any import from this checkout writes it; a fresh clone has none) is not a dep:
     # the stages stay up to date
@@ -148,3 +170,46 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: pytest.M
     (cache / "mlp.cpython-311.pyc").write_bytes(b"\x00" * 16)
     again = dvc(repo, "repro")
     assert "Data and pipelines are up to date" in again.stdout
+
+
+def _digests(repo: Path) -> dict[str, str]:
+    files = [p for folder in ("data/raw", "models/mlp") for p in (repo / folder).rglob("*")
+             if p.is_file() and p.name != ".gitignore"]
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.mark.slow
+def test_dvc_remote_round_trip_is_byte_identical(reproduced: Path, tmp_path: Path):
+    before = _digests(reproduced)
+    assert "models/mlp/model.onnx" in before and "data/raw/FashionMNIST/raw/train-images-idx3-ubyte" in before
+    dvc(reproduced, "remote", "add", "--local", "-f", "-d", "scratch", str(tmp_path / "remote"))
+    dvc(reproduced, "push", *MLP_STAGES)
+    shutil.rmtree(reproduced / ".dvc" / "cache")
+    shutil.rmtree(reproduced / "data" / "raw")
+    shutil.rmtree(reproduced / "models" / "mlp")
+    dvc(reproduced, "pull", *MLP_STAGES)
+    assert _digests(reproduced) == before
+    assert "up to date" in dvc(reproduced, "status", *MLP_STAGES).stdout
+
+
+@pytest.mark.slow
+def test_experiments_queued_two_at_a_time_land_in_the_same_store(reproduced: Path):
+    # the mlp's training and evaluation only (an experiment of one model; without a target it reproduces every
+    # stage): what is compared is each run's params and test metrics
+    experiments = {"lr-1e-2": "0.01", "lr-5e-4": "0.0005"}
+    for name, lr in experiments.items():
+        dvc(reproduced, "exp", "run", "evaluate@mlp", "--queue", "-n", name, "-S", f"models.mlp.train.lr={lr}")
+    dvc(reproduced, "queue", "start", "-j", "2")  # both at once: they must not collide on the store
+    deadline = time.monotonic() + 300
+    while "Running" in (status := dvc(reproduced, "queue", "status").stdout) or "Queued" in status:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert "Success" in status and "Failed" not in status, status
+    shown = json.loads(dvc(reproduced, "exp", "show", "--json").stdout)
+    assert set(experiments) <= set(json.dumps(shown).replace('"', " ").split())
+    client = MlflowClient(tracking_uri=f"sqlite:///{reproduced / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dltorch").experiment_id])
+    tagged = {run.data.tags.get("dvc_exp"): run for run in runs}
+    for name, lr in experiments.items():
+        assert name in tagged, f"no MLflow run tagged dvc_exp={name}: {sorted(map(str, tagged))}"
+        assert tagged[name].data.params["train.lr"] == lr and "test_accuracy" in tagged[name].data.metrics
