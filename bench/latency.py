@@ -56,6 +56,14 @@ def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarr
     return rows
 
 
+def time_model(name: str, files: ModelFiles, data: Path, timing: Timing) -> list[dict]:
+    """bench_model on an exported model's files, reading its test set from `data` (data/<its data: entry>)."""
+    bundle, model = load_model(files.model)
+    task = get_task(bundle.task)
+    graph_model, test = graph_view(task, model, task.load_test(data, bundle.dataset, bundle.train_config()))
+    return bench_model(name, graph_model, files, test.inputs[: max(BATCHES)].numpy(), timing)
+
+
 def table(rows: list[dict], archs: dict[str, str]) -> str:
     lines = ["| model | batch | torch eager ms | ORT fp32 ms | ORT int8 ms | fp32 / torch | int8 / torch "
              f"| goal: ORT <= {GOAL_RATIO}x torch at batch 1 |",
@@ -87,16 +95,13 @@ def main() -> None:
     names = args.models or list(params.models)
     rows = []
     for name in names:
-        cfg, files = params.model(name), ModelFiles(args.models_dir / name)
+        files = ModelFiles(args.models_dir / name)
         missing = [path.name for path in (files.model, files.onnx, files.int8) if not path.is_file()]
         if missing:
             print(f"skip {name}: no {', '.join(missing)} in {files.folder}; run `dvc repro export@{name}`")
             continue
-        bundle, model = load_model(files.model)
-        task = get_task(bundle.task)
-        graph_model, test = graph_view(task, model, task.load_test(args.data / cfg.data, bundle.dataset, cfg.train))
-        inputs = test.inputs[: max(BATCHES)].numpy()
-        rows += bench_model(name, graph_model, files, inputs, Timing(args.runs, args.warmup, args.threads))
+        rows += time_model(name, files, args.data / params.model(name).data,
+                           Timing(args.runs, args.warmup, args.threads))
     if not rows:
         raise SystemExit("no exported model to time; run `dvc repro` first")
     header = (f"torch {torch.__version__}, onnxruntime {_ort_version()}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import runpy
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 from dltorch.config import load_params, parse_params
 from dltorch.errors import ParamsError
 from dltorch.export import check_parity, export_onnx
+from dltorch.layout import ModelFiles
 from dltorch.models import create, names, register_model
 from dltorch.models.registry import get
 from dltorch.pipeline.evaluate import evaluate
@@ -20,6 +22,7 @@ from tests.conftest import REPO
 from tests.helpers import export_trained
 
 REPO_PARAMS = load_params(REPO / "params.yaml")
+LATENCY = runpy.run_path(str(REPO / "bench" / "latency.py"))  # bench/ is scripts, not a package
 
 
 # What each architecture reads and writes: (in_shape, num_outputs, output shape for a batch of 3). The UNet gets
@@ -158,14 +161,17 @@ def test_every_params_model_trains_exports_and_passes_parity(name, tmp_path: Pat
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"])  # neither NaN nor infinite
     evaluate(data, model_dir, model_dir / "eval")
     # 5 timed calls per latency: which file is faster is not this test's business (tests/test_stages.py times it)
-    deploy, report = export_trained(params, name, data, model_dir, tmp_path, batch_size=16, calibration_size=64,
+    deploy, report = export_trained(params, name, data, model_dir, model_dir, batch_size=16, calibration_size=64,
                                     latency_runs=5)
     assert report["passed"], report["checks"]
     # INT8 as params says (static QDQ for the CNNs, dynamic otherwise), and a registered champion
     assert deploy["int8"]["mode"] == params.model(name).export.quantize
-    assert (tmp_path / "model.int8.onnx").stat().st_size > 0
+    assert (model_dir / "model.int8.onnx").stat().st_size > 0
     fp32 = deploy["registry"]["fp32"]
     assert (fp32["registered_model"], fp32["version"], fp32["decision"]) == (name, 1, "promoted")
+    # make bench's latency table reads the same folder: torch, the fp32 and the int8 graph on what the graph reads
+    rows = LATENCY["time_model"](name, ModelFiles(model_dir), data, LATENCY["Timing"](runs=1, warmup=0, threads=1))
+    assert rows and all(row["model"] == name and row["torch_ms"] > 0 and row["ort_int8_ms"] > 0 for row in rows)
 
 
 def test_a_vit_conv_stem_reaches_the_patch_grid_by_stride_2_convolutions():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dltorch.config import TrainConfig
 from dltorch.errors import CheckpointError, DataError, ParamsError
 from dltorch.io import save_torch
 from dltorch.models import create
@@ -33,6 +34,10 @@ class ModelBundle:
 
     def build(self) -> nn.Module:
         return build_model(self.arch, self.args, self.task, self.inputs)
+
+    def train_config(self) -> TrainConfig:
+        """The train settings the model was trained with (what evaluate and export read the test set by)."""
+        return TrainConfig.model_validate(self.config["train"])
 
 
 def build_model(arch: str, args: dict[str, Any], task: str, inputs: dict[str, Any],

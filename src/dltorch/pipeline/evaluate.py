@@ -14,7 +14,7 @@ import torch
 
 from dltorch import engine
 from dltorch.bundle import ModelBundle, build_model, load_model
-from dltorch.config import GateConfig, TrainConfig
+from dltorch.config import GateConfig
 from dltorch.errors import QualityGateError
 from dltorch.io import read_json, write_json
 from dltorch.layout import DETAILS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
@@ -29,17 +29,16 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     the model's gate, if params set one."""
     bundle, model = load_model(model_dir / MODEL_FILE)
     task = get_task(bundle.task)
-    train_cfg = bundle.config["train"]
-    test = task.test_inputs(task.load_test(data, bundle.dataset, settings=TrainConfig.model_validate(train_cfg)),
-                            model)
+    settings = bundle.train_config()
+    test = task.test_inputs(task.load_test(data, bundle.dataset, settings=settings), model)
     outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
-    loss = task.make_loss(train_cfg["loss"], train_cfg["label_smoothing"])(outputs, test.targets).item()
+    loss = task.make_loss(settings.loss, settings.label_smoothing)(outputs, test.targets).item()
     history = read_json(model_dir / HISTORY_FILE)
     baseline = None
     if task.baseline is not None:
         baseline = engine.predict(train_baseline(task, data, bundle), test.inputs, 1000, engine.select_device("cpu"))
     report, figures = task.report(Evaluation(model, outputs, test, loss, data, bundle.dataset, bundle.name,
-                                             history, out_dir, baseline, train_cfg["seed"],
+                                             history, out_dir, baseline, settings.seed,
                                              train_judge(task, data, bundle.dataset)))
     metrics, details = split_report(report, task, history)
     if gate is not None:
@@ -61,7 +60,7 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
 def train_baseline(task: Task, data: Path, bundle: ModelBundle) -> torch.nn.Module:
     """The task's baseline architecture with the model's args, trained as the model was (same data, settings and
     seed) by the engine, without a checkpoint: it reruns in seconds."""
-    settings = TrainConfig.model_validate(bundle.config["train"])
+    settings = bundle.train_config()
     train, val = task.load_train_val(data, bundle.dataset, settings.val_size, settings.seed, settings=settings)
     torch.manual_seed(settings.seed)
     baseline = build_model(task.baseline, bundle.args, task.name, task.model_inputs(train, bundle.dataset))

@@ -96,7 +96,7 @@ def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
     score = _read_metric(paths.metrics, rule.metric)
     bundle, model = load_model(paths.model_dir / MODEL_FILE)
     task = get_task(bundle.task)
-    settings = TrainConfig.model_validate(bundle.config["train"])
+    settings = bundle.train_config()
     graph_model, test = graph_view(task, model, task.load_test(paths.data, bundle.dataset, settings=settings))
     return Subject(bundle, graph_model, task, settings, test, score)
 
