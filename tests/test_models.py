@@ -12,7 +12,6 @@ from torch import nn
 
 from dltorch.config import load_params, parse_params
 from dltorch.errors import ParamsError
-from dltorch.export import check_parity, export_onnx
 from dltorch.layout import ModelFiles
 from dltorch.models import create, names, register_model
 from dltorch.models.registry import get
@@ -79,7 +78,7 @@ def test_invalid_architecture_arguments_are_params_errors():
         create("densenet", {"layers": [2, 0]}, in_shape=(1, 28, 28), num_outputs=10)
 
 
-# The classic CNN families at tiny widths: a few channels each, so export and parity take a second.
+# The classic CNN families at tiny widths: a few channels each.
 TINY_CNNS = {
     "alexnet": {"widths": [4, 4, 6, 6, 4], "hidden": 8},
     "vgg": {"width": 4, "convs": [1, 2, 1]},
@@ -103,16 +102,14 @@ def _trained_a_little(arch: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("arch", sorted(TINY_CNNS))
-def test_classic_cnns_agree_in_channels_last_and_in_onnx(arch: str, tmp_path: Path):
+def test_classic_cnns_agree_in_channels_last(arch: str):
+    """The engine trains 4-D inputs channels-last; the model answers the same in either layout. (Their ONNX export
+    after channels-last training, and its parity: test_every_params_model_trains_exports_and_passes_parity.)"""
     model = _trained_a_little(arch)
     images = torch.rand(40, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(model(images.to(memory_format=torch.channels_last)), model(images),
                                    atol=1e-5, rtol=1e-4)
-    path = tmp_path / f"{arch}.onnx"
-    export_onnx(model, (1, 28, 28), path, 18, "pixels", "logits")
-    report = check_parity(path, model, images, torch.zeros(40, dtype=torch.long), atol=1e-4, batch_size=16)
-    assert report["passed"], report["checks"]
 
 
 def test_googlenet_inception_has_the_papers_four_branches():
