@@ -47,7 +47,7 @@ def test_repo_params_are_valid():
         (lambda p: p["fetch"].update(dataset="cifar10"), "params.yaml: fetch.dataset: "),
         (lambda p: p["models"]["mlp"].pop("task"), "params.yaml: models.mlp.task: Field required"),
         (lambda p: p["models"]["mlp"].update(task="detection"), "params.yaml: models.mlp.task: "),
-        (lambda p: p["models"]["mlp"].update(task="segmentation"),
+        (lambda p: p["models"]["mlp"].update(task="segmentation", arch="unet", args={}),
          "params.yaml: models.mlp: train.loss: 'cross_entropy' is not a segmentation loss"),
         (lambda p: p["models"]["mlp"]["export"].update(atol=0) if "export" in p["models"]["mlp"]
          else p["models"]["mlp"].update(export={"atol": 0}), "models.mlp.export.atol: "),
@@ -85,6 +85,14 @@ def test_repo_params_are_valid():
          "models.mlp: gate.max: test_accuracy is better higher; bound it with `min:`"),
         (lambda p: p["models"]["mlp"].update(gate={"metric": "test_loss", "min": 0.1, "max": 0.5}),
          "models.mlp.gate: give exactly one bound"),
+        # an architecture that does not serve the task: refused at load, not by a TypeError once training starts
+        (lambda p: p["models"]["mlp"].update(task="gan"),
+         "models.mlp: arch: mlp is a general network, not task gan; architectures for gan: gan"),
+        (lambda p: p["models"]["mlp"].update(arch="unet", args={}),
+         "models.mlp: arch: unet serves task segmentation only, not task classification; architectures for "
+         "classification: alexnet, densenet, fast_cnn, googlenet, lenet5, mlp, resnet, vgg, vit"),
+        (lambda p: p["models"]["mlp"].update(arch="resnet", args={}, task="node_classification"),
+         "architectures for node_classification: gcn, node_mlp"),
     ],
 )
 def test_invalid_values_name_the_key(mutate, expected):

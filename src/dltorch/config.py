@@ -420,6 +420,10 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _valid_args(self) -> ModelConfig:
         _arch_registry().validate_args(self.arch, self.args)
+        try:
+            _arch_registry().check_task(self.arch, self.task)
+        except ValueError as exc:
+            raise ValueError(f"arch: {exc}") from None
         task = _task(self.task)
         if self.train.loss not in task.losses:
             raise ValueError(f"train.loss: '{self.train.loss}' is not a {self.task} loss; "

@@ -15,14 +15,35 @@ from dltorch.errors import ParamsError
 TASK_ARGS = frozenset({"in_shape", "num_outputs"})
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}
+# The tasks an architecture serves, when it was built for some only (a GAN, a UNet, a graph network). An
+# architecture that names none is a general network: it serves every task that no architecture claims.
+_TASKS: dict[str, frozenset[str]] = {}
 
 
-def register_model(builder: Callable[..., Any]) -> Callable[..., Any]:
-    name = builder.__name__
-    if name in _BUILDERS:
-        raise ValueError(f"model '{name}' is registered twice")
-    _BUILDERS[name] = builder
-    return builder
+def register_model(builder: Callable[..., Any] | None = None, *, tasks: tuple[str, ...] = ()) -> Any:
+    """`@register_model` for a general network, `@register_model(tasks=("gan",))` for one that serves those tasks
+    only."""
+    def register(builder: Callable[..., Any]) -> Callable[..., Any]:
+        name = builder.__name__
+        if name in _BUILDERS:
+            raise ValueError(f"model '{name}' is registered twice")
+        _BUILDERS[name] = builder
+        if tasks:
+            _TASKS[name] = frozenset(tasks)
+        return builder
+
+    return register(builder) if builder is not None else register
+
+
+def check_task(name: str, task: str) -> None:
+    """Raises, naming the architectures that do serve `task`, when `name` does not."""
+    claimed = set().union(*_TASKS.values())
+    serves = _TASKS[name] if name in _TASKS else None
+    if (task in serves) if serves is not None else (task not in claimed):
+        return
+    fitting = [arch for arch in names() if (task in _TASKS[arch] if arch in _TASKS else task not in claimed)]
+    what = f"serves task {' and '.join(sorted(serves))} only" if serves else "is a general network"
+    raise ValueError(f"{name} {what}, not task {task}; architectures for {task}: {', '.join(fitting)}")
 
 
 def names() -> list[str]:
