@@ -18,12 +18,10 @@ import torch
 from torch import nn
 
 from dltorch import precision, tracking
-from dltorch.bundle import load_model
 from dltorch.config import load_params
 from dltorch.export import median_ms, onnx_latency_ms, onnx_session
 from dltorch.layout import ModelFiles
-from dltorch.pipeline.export import graph_view
-from dltorch.tasks import get_task
+from dltorch.pipeline.export import load_graph
 
 BATCHES = (1, 64)
 GOAL_RATIO = 0.3
@@ -58,9 +56,7 @@ def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarr
 
 def time_model(name: str, files: ModelFiles, data: Path, timing: Timing) -> list[dict]:
     """bench_model on an exported model's files, reading its test set from `data` (data/<its data: entry>)."""
-    bundle, model = load_model(files.model)
-    task = get_task(bundle.task)
-    graph_model, test = graph_view(task, model, task.load_test(data, bundle.dataset, bundle.train_config()))
+    _, _, graph_model, test = load_graph(files.model, data)
     return bench_model(name, graph_model, files, test.inputs[: max(BATCHES)].numpy(), timing)
 
 

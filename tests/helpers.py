@@ -71,6 +71,15 @@ def dvc(repo: Path, *args: str, timeout: int = 600, env: dict[str, str] | None =
     return result
 
 
+def digests(repo: Path, folders: tuple[str, ...] = ("data/raw", "models")) -> dict[str, str]:
+    """sha256 of every file under `folders` of `repo` (DVC's .gitignore files aside), by path: a remote round trip
+    must give them back byte for byte."""
+    import hashlib
+
+    files = [p for folder in folders for p in (repo / folder).rglob("*") if p.is_file() and p.name != ".gitignore"]
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (make setup)
 MLP_STAGES = ("fetch", "train@mlp", "evaluate@mlp", "export@mlp")
 

@@ -4,7 +4,6 @@ server and an S3 remote: tests/test_team.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +22,7 @@ from dltorch.data.regression import read_set
 from dltorch.export import CLASSES_KEY
 from dltorch.studies import names as study_names
 from tests.conftest import TINY_SEQUENCES, TINY_SHAPES
-from tests.helpers import FASHION_MNIST, MLP_STAGES, copy_repo, dvc
+from tests.helpers import FASHION_MNIST, MLP_STAGES, copy_repo, digests, dvc
 from tests.test_studies import shrunk_study
 
 # one worker runs this file: its repo is reproduced once
@@ -171,15 +170,9 @@ def test_dvc_repro_runs_the_whole_pipeline(reproduced: Path, monkeypatch: pytest
     assert "Data and pipelines are up to date" in again.stdout
 
 
-def _digests(repo: Path) -> dict[str, str]:
-    files = [p for folder in ("data/raw", "models/mlp") for p in (repo / folder).rglob("*")
-             if p.is_file() and p.name != ".gitignore"]
-    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 @pytest.mark.slow
 def test_dvc_remote_round_trip_is_byte_identical(reproduced: Path, tmp_path: Path):
-    before = _digests(reproduced)
+    before = digests(reproduced, ("data/raw", "models/mlp"))
     assert "models/mlp/model.onnx" in before and "data/raw/FashionMNIST/raw/train-images-idx3-ubyte" in before
     dvc(reproduced, "remote", "add", "--local", "-f", "-d", "scratch", str(tmp_path / "remote"))
     dvc(reproduced, "push", *MLP_STAGES)
@@ -187,7 +180,7 @@ def test_dvc_remote_round_trip_is_byte_identical(reproduced: Path, tmp_path: Pat
     shutil.rmtree(reproduced / "data" / "raw")
     shutil.rmtree(reproduced / "models" / "mlp")
     dvc(reproduced, "pull", *MLP_STAGES)
-    assert _digests(reproduced) == before
+    assert digests(reproduced, ("data/raw", "models/mlp")) == before
     assert "up to date" in dvc(reproduced, "status", *MLP_STAGES).stdout
 
 

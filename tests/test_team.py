@@ -6,7 +6,6 @@ Screenshots go to $DLTORCH_TEST_ARTIFACTS (default: a folder under the system te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,7 +22,7 @@ import yaml
 
 from dltorch import stack
 from tests.conftest import REPO, tiny_params_dict
-from tests.helpers import BIN, MLP_STAGES, dvc, free_port, tiny_mlp_repo
+from tests.helpers import BIN, MLP_STAGES, digests, dvc, free_port, tiny_mlp_repo
 
 # one worker runs this file: its module-scoped servers and repos are built once
 pytestmark = pytest.mark.xdist_group("team")
@@ -175,12 +174,6 @@ def _wait_http(url: str, process: subprocess.Popen, seconds: float = 120) -> boo
     return False
 
 
-def _digests(repo: Path) -> dict[str, str]:
-    files = [p for folder in ("data/raw", "models") for p in (repo / folder).rglob("*")
-             if p.is_file() and p.name != ".gitignore"]
-    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 def _add_s3_remote(repo: Path, name: str, bucket: str, endpoint: str) -> None:
     _dvc(repo, "remote", "add", "--local", "-f", "-d", name, f"s3://{bucket}/dvc")
     _dvc(repo, "remote", "modify", "--local", name, "endpointurl", endpoint)
@@ -188,7 +181,7 @@ def _add_s3_remote(repo: Path, name: str, bucket: str, endpoint: str) -> None:
 
 @pytest.mark.slow
 def test_the_s3_dvc_remote_round_trip_is_byte_identical(team_repo: Path, team_stack):
-    before = _digests(team_repo)
+    before = digests(team_repo)
     assert "models/mlp/model.onnx" in before and "data/raw/FashionMNIST/raw/train-images-idx3-ubyte" in before
     _add_s3_remote(team_repo, "team", team_stack.dvc_bucket, team_stack.s3_endpoint)
     _dvc(team_repo, "push", *MLP_STAGES, spec=team_stack)
@@ -198,13 +191,13 @@ def test_the_s3_dvc_remote_round_trip_is_byte_identical(team_repo: Path, team_st
     shutil.rmtree(team_repo / "data" / "raw")
     shutil.rmtree(team_repo / "models" / "mlp")
     _dvc(team_repo, "pull", *MLP_STAGES, spec=team_stack)
-    assert _digests(team_repo) == before
+    assert digests(team_repo) == before
     assert "up to date" in _dvc(team_repo, "status", *MLP_STAGES, spec=team_stack).stdout
 
 
 @pytest.mark.slow
 def test_dvc_push_to_an_unreachable_object_store_fails_clearly_and_keeps_everything(team_repo: Path, team_stack):
-    before = _digests(team_repo)
+    before = digests(team_repo)
     cache = sorted(p.name for p in (team_repo / ".dvc" / "cache").rglob("*") if p.is_file())
     _add_s3_remote(team_repo, "down", team_stack.dvc_bucket, f"http://127.0.0.1:{free_port()}")
     # one attempt: what is tested is a clear failure that keeps everything, not botocore's retries (8 s of backoff)
@@ -213,7 +206,7 @@ def test_dvc_push_to_an_unreachable_object_store_fails_clearly_and_keeps_everyth
     assert result.returncode != 0
     assert "failed to push" in (result.stdout + result.stderr).lower() or "connect" in result.stderr.lower(), \
         result.stderr[-2000:]
-    assert _digests(team_repo) == before
+    assert digests(team_repo) == before
     assert sorted(p.name for p in (team_repo / ".dvc" / "cache").rglob("*") if p.is_file()) == cache
 
 

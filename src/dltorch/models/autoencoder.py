@@ -20,7 +20,7 @@ class AutoEncoder(nn.Module):
         return self.decoder(self.encoder(pixels))
 
 
-@register_model(tasks=('autoencoder',))
+@register_model(tasks=("autoencoder",))
 def autoencoder(in_shape: tuple[int, ...], num_outputs: int, latent: int = 8,
                      channels: tuple[int, int] = (32, 64)) -> nn.Module:
     """Two stride-2 convolutions (28 -> 14 -> 7 pixels), a linear layer to `latent` numbers, and the mirror image

@@ -30,7 +30,7 @@ class GAN(nn.Module):
         return self.generator(noise)
 
 
-@register_model(tasks=('gan',))
+@register_model(tasks=("gan",))
 def gan(in_shape: tuple[int, ...], num_outputs: int, noise: int = 64, width: int = 32) -> nn.Module:
     """Generator: noise -> 2*width x 7 x 7 -> width x 14 x 14 -> image 28 x 28 (sigmoid: the pixels' range [0, 1]);
     discriminator the mirror, with strided convolutions and leaky ReLUs, to one logit (real against generated).

@@ -62,14 +62,14 @@ class NodeMLP(nn.Module):
         return self.layers(graph[..., : self.features])  # the adjacency is read by nobody
 
 
-@register_model(tasks=('node_classification',))
+@register_model(tasks=("node_classification",))
 def gcn(in_shape: tuple[int, ...], num_outputs: int, hidden: list[int] = [16], dropout: float = 0.5  # noqa: B006
         ) -> nn.Module:
     """GCNConv layers of widths `hidden`, ReLU between them, dropout before each (as in Kipf and Welling)."""
     return GCN(_feature_count(in_shape), hidden, num_outputs, dropout)
 
 
-@register_model(tasks=('node_classification',))
+@register_model(tasks=("node_classification",))
 def node_mlp(in_shape: tuple[int, ...], num_outputs: int, hidden: list[int] = [16],  # noqa: B006
              dropout: float = 0.5) -> nn.Module:
     """Linear layers of widths `hidden` on each node's features, ignoring the edges: the GCN's baseline."""

@@ -39,7 +39,7 @@ class Forecaster(nn.Module):
         return self.head(out[:, -1])
 
 
-@register_model(tasks=('sequence',))
+@register_model(tasks=("sequence",))
 def lstm(in_shape: tuple[int, ...], num_outputs: int, cell: str = "lstm", hidden: int = 64, layers: int = 2,
          dropout: float = 0.0) -> nn.Module:
     """in_shape is (steps, features); num_outputs is the horizon: the number of values predicted."""

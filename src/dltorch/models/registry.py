@@ -35,15 +35,19 @@ def register_model(builder: Callable[..., Any] | None = None, *, tasks: tuple[st
     return register(builder) if builder is not None else register
 
 
+def serves(name: str, task: str) -> bool:
+    if name in _TASKS:
+        return task in _TASKS[name]
+    return task not in set().union(*_TASKS.values())
+
+
 def check_task(name: str, task: str) -> None:
     """Raises, naming the architectures that do serve `task`, when `name` does not."""
-    claimed = set().union(*_TASKS.values())
-    serves = _TASKS[name] if name in _TASKS else None
-    if (task in serves) if serves is not None else (task not in claimed):
+    if serves(name, task):
         return
-    fitting = [arch for arch in names() if (task in _TASKS[arch] if arch in _TASKS else task not in claimed)]
-    what = f"serves task {' and '.join(sorted(serves))} only" if serves else "is a general network"
-    raise ValueError(f"{name} {what}, not task {task}; architectures for {task}: {', '.join(fitting)}")
+    what = f"serves task {' and '.join(sorted(_TASKS[name]))} only" if name in _TASKS else "is a general network"
+    fitting = ", ".join(arch for arch in names() if serves(arch, task))
+    raise ValueError(f"{name} {what}, not task {task}; architectures for {task}: {fitting}")
 
 
 def names() -> list[str]:

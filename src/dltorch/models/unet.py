@@ -58,7 +58,7 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@register_model(tasks=('segmentation',))
+@register_model(tasks=("segmentation",))
 def unet(in_shape: tuple[int, ...], num_outputs: int, features: list[int] = [16, 32, 64, 128]) -> nn.Module:  # noqa: B006
     """in_shape is (channels, height, width); num_outputs: output channels of logits (1 for a binary mask)."""
     if not 1 <= len(features) <= MAX_LEVELS or min(features) < 1:

@@ -94,17 +94,18 @@ def export(paths: ExportPaths, spec: ExportConfig, rule: RegistryRule, tracker: 
 def load_subject(paths: ExportPaths, rule: RegistryRule) -> Subject:
     """Fails before any work if evaluate has not measured the registry's metric."""
     score = _read_metric(paths.metrics, rule.metric)
-    bundle, model = load_model(paths.model_dir / MODEL_FILE)
+    bundle, task, graph_model, test = load_graph(paths.model_dir / MODEL_FILE, paths.data)
+    return Subject(bundle, graph_model, task, bundle.train_config(), test, score)
+
+
+def load_graph(model_file: Path, data: Path) -> tuple[ModelBundle, Any, torch.nn.Module, TensorData]:
+    """A trained model as its ONNX graph holds and reads it (what export checks and `make bench` times): the task's
+    export view of the model (a GAN's generator) and the test set under `data` as the graph takes it (a GAN's
+    noise, the images as its targets), read with the settings the model was trained with."""
+    bundle, model = load_model(model_file)
     task = get_task(bundle.task)
-    settings = bundle.train_config()
-    graph_model, test = graph_view(task, model, task.load_test(paths.data, bundle.dataset, settings=settings))
-    return Subject(bundle, graph_model, task, settings, test, score)
-
-
-def graph_view(task: Any, model: torch.nn.Module, test: TensorData) -> tuple[torch.nn.Module, TensorData]:
-    """What the ONNX graph holds and reads: the task's export view of the model (a GAN's generator) and the test
-    set as the graph takes it (a GAN's noise, the images as its targets)."""
-    return task.export_view(model).eval(), task.test_inputs(test, model)
+    test = task.load_test(data, bundle.dataset, settings=bundle.train_config())
+    return bundle, task, task.export_view(model).eval(), task.test_inputs(test, model)
 
 
 def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run: Run) -> dict[str, Any]:
