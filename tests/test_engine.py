@@ -240,3 +240,21 @@ def test_asking_for_cuda_without_a_cuda_device_is_a_device_error(monkeypatch):
     with pytest.raises(DeviceError, match="train.device is 'cuda' but no CUDA device is available"):
         engine.select_device("cuda")
     assert engine.select_device("auto") == torch.device("cpu")
+
+
+def test_inference_runs_an_image_model_in_channels_last_and_leaves_it_trainable():
+    """predict (evaluate's outputs, the export's torch oracle) in INFERENCE_BATCH batches in channels-last gives the
+    plain forward's outputs, for more inputs than one batch; the model trains and loads state afterwards."""
+    torch.manual_seed(0)
+    model = build_model("lenet5", {}, "classification", {"in_shape": (1, 28, 28), "num_outputs": 10,
+                                                         "mean": [0.3], "std": [0.3], "classes": list("abcdefghij")})
+    inputs = torch.rand(engine.INFERENCE_BATCH + 5, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(inputs)
+    outputs = engine.predict(model, inputs, torch.device("cpu"))
+    torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})  # no inference tensor inside
+    model.train()(inputs[:8]).sum().backward()
+    assert all(w.grad is not None for w in convs)

@@ -38,6 +38,10 @@ StepCallback = Callable[[float, float], None]  # (batch loss, learning rate of t
 # Training data: in-memory tensors (sliced into batches, augmented a whole batch at a time), or samples a task
 # streams through a DataLoader because each needs its own random transform (a segmentation image with its mask).
 TrainData = TensorData | StreamedData
+# Inference (validation, evaluate's predictions, the export's torch oracle) runs in batches this large, images in
+# channels-last: on a 2-core EPYC (Zen 4, 1 MB L2 per core) the CNNs' 10,000 test images took 3.1-4.4 s so, against
+# 8-19 s in NCHW batches of 1000, whose activations spill out of the caches.
+INFERENCE_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -284,23 +288,43 @@ def train_one_epoch(model: nn.Module, objective: Objective, optimization: Optimi
     return {name: value / samples for name, value in summed.items()}
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, loss_fn: LossFn, score_fn: ScoreFn, data: TensorData, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    model.eval()
+    layout = _inference_layout(model, data.inputs)
     totals: dict[str, float] = {"loss": 0.0}
-    for batch in batches(data, batch_size):
-        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-        outputs = model(inputs)
-        _accumulate(totals, loss_fn(outputs, targets).item() * len(targets), score_fn(outputs, targets))
+    with torch.inference_mode():
+        for batch in batches(data, batch_size):
+            inputs, targets = batch.inputs.to(device, memory_format=layout), batch.targets.to(device)
+            outputs = model(inputs)
+            _accumulate(totals, loss_fn(outputs, targets).item() * len(targets), score_fn(outputs, targets))
     return {name: value / len(data) for name, value in totals.items()}
 
 
-@torch.no_grad()
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The model's output on every input (its first output, where it returns a tuple)."""
+    return predict_outputs(model, inputs, device)[0]
+
+
+def predict_outputs(model: nn.Module, inputs: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every output of the model (a tuple, or one tensor), over all inputs in INFERENCE_BATCH batches, on the CPU."""
+    layout = _inference_layout(model, inputs)
+    with torch.inference_mode():
+        runs = [model(inputs[i : i + INFERENCE_BATCH].to(device, memory_format=layout))
+                for i in range(0, len(inputs), INFERENCE_BATCH)]
+    runs = [run if isinstance(run, tuple) else (run,) for run in runs]
+    return [torch.cat([part.cpu() for part in parts]) for parts in zip(*runs, strict=True)]
+
+
+def _inference_layout(model: nn.Module, inputs: torch.Tensor) -> torch.memory_format:
+    """Puts the model in eval mode and, for image inputs, its weights in channels-last as training has them: the
+    speed-up of channels-last needs both the weights and the batch in it. Outside inference mode, so that the
+    converted weights stay ordinary tensors the model can go on training and loading state into."""
     model.eval()
-    return torch.cat([model(inputs[i : i + batch_size].to(device)).cpu() for i in range(0, len(inputs), batch_size)])
+    layout = memory_format(inputs)
+    if layout == torch.channels_last:
+        model.to(memory_format=layout)
+    return layout
 
 
 def _accumulate(totals: dict[str, float], loss_sum: float, scores: dict[str, float]) -> None:
@@ -432,7 +456,7 @@ def _run_epoch(trained, model, objective: Objective, optimization: Optimization,
                               "samples_per_second": round(len(train) / seconds, 1), "precision": cfg.precision}
     record.update({f"train_{k}": v for k, v in scores.items()})
     if val is not None:
-        val_scores = evaluate(model, objective.loss_fn, objective.score_fn, val, max(cfg.batch_size, 1000),
+        val_scores = evaluate(model, objective.loss_fn, objective.score_fn, val, INFERENCE_BATCH,
                               next(model.parameters()).device)
         record.update({f"val_{k}": v for k, v in val_scores.items()})
     return record

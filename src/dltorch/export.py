@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dltorch.engine import predict_outputs
 from dltorch.errors import ExportError, ParityError
 from dltorch.io import atomic_path
 
@@ -121,7 +122,7 @@ def check_parity(
     dynamic axis than the example's (a shorter window, a larger image): the same checks run on them at ODD_BATCH.
     """
     model = model.cpu().eval()
-    expected, *expected_rest = _run_torch_outputs(model, inputs, batch_size)
+    expected, *expected_rest = _run_torch_outputs(model, inputs)
     session = onnx_session(onnx_path)
     actual, *actual_rest = run_onnx_outputs(session, inputs.numpy(), batch_size)
     head = min(100, len(inputs))
@@ -144,7 +145,7 @@ def check_parity(
     if other_shape is not None:
         other_inputs, other_targets = other_shape
         suffix = "shape_" + "x".join(map(str, other_inputs.shape[1:]))
-        other_expected = _run_torch(model, other_inputs, ODD_BATCH)
+        other_expected = _run_torch_outputs(model, other_inputs)[0]
         other_actual = run_onnx(session, other_inputs.numpy(), ODD_BATCH)
         other_diff = float(np.abs(other_actual - other_expected).max())
         checks[f"max_abs_diff_{suffix}"] = {"measured": other_diff, "limit": atol, "passed": other_diff <= atol}
@@ -156,15 +157,9 @@ def check_parity(
             "batch_sizes": [batch_size, ODD_BATCH], "shapes": shapes, **summary, "checks": checks}
 
 
-def _run_torch(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> np.ndarray:
-    return _run_torch_outputs(model, inputs, batch_size)[0]
-
-
-def _run_torch_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> list[np.ndarray]:
-    """Every output of the model (a tuple, or one tensor), over all inputs in batches."""
-    runs = [model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
-    runs = [run if isinstance(run, tuple) else (run,) for run in runs]
-    return [torch.cat(parts).numpy() for parts in zip(*runs, strict=True)]
+def _run_torch_outputs(model: nn.Module, inputs: torch.Tensor) -> list[np.ndarray]:
+    """Every output of the model (a tuple, or one tensor), over all inputs: the engine's own inference."""
+    return [output.numpy() for output in predict_outputs(model, inputs, torch.device("cpu"))]
 
 
 def assert_parity(report: dict[str, Any], onnx_path: Path) -> None:

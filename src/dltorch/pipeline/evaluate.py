@@ -31,12 +31,12 @@ def evaluate(data: Path, model_dir: Path, out_dir: Path, gate: GateConfig | None
     task = get_task(bundle.task)
     settings = bundle.train_config()
     test = task.test_inputs(task.load_test(data, bundle.dataset, settings=settings), model)
-    outputs = engine.predict(model, test.inputs, 1000, engine.select_device("cpu"))
+    outputs = engine.predict(model, test.inputs, engine.select_device("cpu"))
     loss = task.make_loss(settings.loss, settings.label_smoothing)(outputs, test.targets).item()
     history = read_json(model_dir / HISTORY_FILE)
     baseline = None
     if task.baseline is not None:
-        baseline = engine.predict(train_baseline(task, data, bundle), test.inputs, 1000, engine.select_device("cpu"))
+        baseline = engine.predict(train_baseline(task, data, bundle), test.inputs, engine.select_device("cpu"))
     report, figures = task.report(Evaluation(model, outputs, test, loss, data, bundle.dataset, bundle.name,
                                              history, out_dir, baseline, settings.seed,
                                              train_judge(task, data, bundle.dataset)))
