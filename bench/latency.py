@@ -69,10 +69,12 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def time_model(name: str, files: ModelFiles, data: Path, timing: Timing) -> list[dict]:
-    """bench_model on an exported model's files, reading its test set from `data` (data/<its data: entry>)."""
+def time_model(name: str, files: ModelFiles, data: Path, timings: list[Timing]) -> list[dict]:
+    """bench_model on an exported model's files at each of `timings`, reading its test set once from `data`
+    (data/<its data: entry>)."""
     _, _, graph_model, test = load_graph(files.model, data)
-    return bench_model(name, graph_model, files, test.inputs[: max(BATCHES)].numpy(), timing)
+    inputs = test.inputs[: max(BATCHES)].numpy()
+    return [row for timing in timings for row in bench_model(name, graph_model, files, inputs, timing)]
 
 
 def table(rows: list[dict]) -> str:
@@ -126,9 +128,8 @@ def main() -> None:
         if missing:
             print(f"skip {name}: no {', '.join(missing)} in {files.folder}; run `dvc repro export@{name}`")
             continue
-        for threads in args.threads:
-            rows += time_model(name, files, args.data / params.model(name).data,
-                               Timing(args.runs, args.warmup, threads))
+        rows += time_model(name, files, args.data / params.model(name).data,
+                           [Timing(args.runs, args.warmup, threads) for threads in args.threads])
     if not rows:
         raise SystemExit("no exported model to time; run `dvc repro` first")
     header = (f"torch {torch.__version__}, onnxruntime {_ort_version()}, intra-op threads {args.threads}, "
