@@ -26,6 +26,7 @@ from dltorch.tracking import Tracker
 FIGURE_FILE = "comparison.png"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.csv"
+# A regression study's set (1,000 rows at most) in one batch: its loss summed over the whole set, as the course does.
 EVAL_BATCH = 4096
 
 

@@ -20,7 +20,7 @@ from dltorch.data.tensors import TensorData
 from dltorch.errors import DataError, ParamsError
 from dltorch.io import write_csv, write_json
 from dltorch.models import create
-from dltorch.studies.common import CURVES_FILE, EVAL_BATCH, FIGURE_FILE, METRICS_FILE, AnyStudy
+from dltorch.studies.common import CURVES_FILE, FIGURE_FILE, METRICS_FILE, AnyStudy
 from dltorch.studies.registry import register_study
 from dltorch.tasks.classification import TASK as classification
 from dltorch.tasks.classification import model_inputs
@@ -173,7 +173,8 @@ def _fit(model: nn.Module, data: TensorData, cfg: TrainConfig) -> list[dict[str,
 
 def _accuracy(model: nn.Module, test: TensorData) -> float:
     loss_fn = classification.make_loss("cross_entropy")
-    scores = engine.evaluate(model, loss_fn, classification.batch_scores, test, EVAL_BATCH, torch.device("cpu"))
+    scores = engine.evaluate(model, loss_fn, classification.batch_scores, test, engine.INFERENCE_BATCH,
+                             torch.device("cpu"))
     return scores["accuracy"]
 
 
