@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,16 @@ def _worker(raw: Path, epochs: int, folder: Path, nproc: int, resume: bool = Fal
 
 @pytest.fixture(scope="module")
 def engine_runs(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """ddp_worker.py's folders, {processes: folder}, after EPOCHS epochs at each of SIZES."""
+    """ddp_worker.py's folders, {processes: folder}, after EPOCHS epochs at each of SIZES. The two-process run is
+    interrupted after epoch 1 and resumed: one launch fewer than a separate resume test's own (three processes, a
+    seventh of this file's time). Its match with one uninterrupted process covers DDP and the resume together;
+    the resume test checks what it kept. Its checkpoints after epoch 1 are `interrupted-<size>.pt`."""
     folders = {nproc: tmp_path_factory.mktemp(f"engine{nproc}") for nproc in (1, 2)}
-    for nproc, folder in folders.items():
-        _worker(raw, EPOCHS, folder, nproc=nproc, batch_sizes=SIZES)
+    _worker(raw, EPOCHS, folders[1], nproc=1, batch_sizes=SIZES)
+    _worker(raw, 1, folders[2], nproc=2, batch_sizes=SIZES)
+    for size in SIZES:
+        shutil.copyfile(folders[2] / f"checkpoint-{size}.pt", folders[2] / f"interrupted-{size}.pt")
+    _worker(raw, EPOCHS, folders[2], nproc=2, batch_sizes=SIZES, resume=True)
     return folders
 
 
@@ -77,20 +84,21 @@ def test_two_processes_match_one_with_the_same_global_batch(engine_runs: dict[in
         assert losses_two == pytest.approx(losses_one, abs=1e-5), size  # metrics are summed across ranks
 
 
-def test_a_resumed_distributed_run_continues_from_its_checkpoint(raw: Path, engine_runs: dict[int, Path],
-                                                                 tmp_path: Path):
-    _worker(raw, 1, tmp_path, nproc=2)
-    interrupted = _checkpoint(tmp_path)
-    assert interrupted["epoch"] == 1
-    resumed = _worker(raw, EPOCHS, tmp_path, nproc=2, resume=True)[40]
-    assert _checkpoint(tmp_path)["epoch"] == EPOCHS
-    # epoch 1 was not trained again: its record, timings included, is the interrupted run's
-    assert _checkpoint(tmp_path)["history"][0] == interrupted["history"][0]
-    _assert_close(_weights(engine_runs[2]), resumed, atol=1e-6)  # as if never interrupted
+def test_a_resumed_distributed_run_continues_from_its_checkpoint(engine_runs: dict[int, Path]):
+    for size in SIZES:
+        interrupted = torch.load(engine_runs[2] / f"interrupted-{size}.pt", weights_only=True)
+        resumed = _checkpoint(engine_runs[2], size)
+        assert (interrupted["epoch"], resumed["epoch"]) == (1, EPOCHS), size
+        # epoch 1 was not trained again: its record, timings included, is the interrupted run's
+        assert resumed["history"][0] == interrupted["history"][0], size
+        assert len(resumed["history"]) == EPOCHS, size
+    # as if never interrupted: test_two_processes_match_one_with_the_same_global_batch compares its weights with
+    # those of one process that ran every epoch in one go
 
 
 def _params(folder: Path, nproc: int) -> Path:
-    raw = tiny_params_dict(epochs=EPOCHS, batch_size=40, optimizer="sgd", lr=0.05, momentum=0.9)
+    # ddp_worker.py's recipe: the stage's weights are compared with the engine's one-process run of it
+    raw = tiny_params_dict(epochs=EPOCHS, batch_size=40, optimizer="sgd", lr=0.05, momentum=0.9, val_size=0)
     raw["models"]["mlp"]["train"]["distributed"] = {"nproc": nproc}
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -130,31 +138,20 @@ def _assert_one_tracked_run(folder: Path, client: MlflowClient, what: str) -> No
     assert history[1]["train_loss"] < history[0]["train_loss"]  # it trained: a match is not two untouched models
 
 
-@pytest.fixture(scope="module")
-def one_process_stage(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The train stage's folder after a one-process run of the tiny MLP."""
-    folder = tmp_path_factory.mktemp("stage1")
-    _params(folder, nproc=1)
-    client = _store(folder)
-    _finish([_train_stage(folder, raw, [sys.executable])])
-    _assert_one_tracked_run(folder, client, "one process")
-    return folder
-
-
 def _stage_weights(folder: Path) -> dict:
     return torch.load(folder / "mlp" / "model.pt", weights_only=True)["state_dict"]
 
 
-def test_the_train_stage_launches_torchrun_and_only_rank_zero_tracks_and_writes(raw: Path, one_process_stage: Path,
+def test_the_train_stage_launches_torchrun_and_only_rank_zero_tracks_and_writes(raw: Path, engine_runs: dict[int, Path],
                                                                                tmp_path: Path):
     _params(tmp_path, nproc=2)
     client = _store(tmp_path)
     _finish([_train_stage(tmp_path, raw, [sys.executable])])  # the stage itself starts torchrun
     _assert_one_tracked_run(tmp_path, client, "2 processes")
-    _assert_close(_stage_weights(one_process_stage), _stage_weights(tmp_path), atol=1e-5)
+    _assert_close(_weights(engine_runs[1]), _stage_weights(tmp_path), atol=1e-5)
 
 
-def test_two_torchrun_nodes_match_one_process(raw: Path, one_process_stage: Path, tmp_path: Path):
+def test_two_torchrun_nodes_match_one_process(raw: Path, engine_runs: dict[int, Path], tmp_path: Path):
     """README's two-host command, the two hosts being two torchrun launches meeting through c10d on loopback."""
     _params(tmp_path, nproc=1)  # one process per node
     client = _store(tmp_path)
@@ -163,4 +160,4 @@ def test_two_torchrun_nodes_match_one_process(raw: Path, one_process_stage: Path
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
         "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=dltorch-test"]) for rank in (0, 1)])
     _assert_one_tracked_run(tmp_path, client, "2 nodes")
-    _assert_close(_stage_weights(one_process_stage), _stage_weights(tmp_path), atol=1e-5)
+    _assert_close(_weights(engine_runs[1]), _stage_weights(tmp_path), atol=1e-5)
