@@ -178,11 +178,12 @@ def test_dvc_remote_round_trip_is_byte_identical(reproduced: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_experiments_queued_two_at_a_time_land_in_the_same_store(reproduced: Path):
-    # the mlp's training and evaluation only (an experiment of one model; without a target it reproduces every
-    # stage): what is compared is each run's params and test metrics
+    # the mlp's training only (an experiment of one stage; without a target it reproduces every stage): a learning
+    # rate is chosen on the validation split, whose accuracy the train stage logs per epoch (the test set judges the
+    # chosen model once). Training only, not evaluate@mlp too: two stage processes fewer, 20 CPU-seconds
     experiments = {"lr-1e-2": "0.01", "lr-5e-4": "0.0005"}
     for name, lr in experiments.items():
-        dvc(reproduced, "exp", "run", "evaluate@mlp", "--queue", "-n", name, "-S", f"models.mlp.train.lr={lr}")
+        dvc(reproduced, "exp", "run", "train@mlp", "--queue", "-n", name, "-S", f"models.mlp.train.lr={lr}")
     # both at once (they must not collide on the store); --run-all returns when the queue is done
     dvc(reproduced, "exp", "run", "--run-all", "-j", "2", timeout=300)
     status = dvc(reproduced, "queue", "status").stdout
@@ -194,4 +195,4 @@ def test_experiments_queued_two_at_a_time_land_in_the_same_store(reproduced: Pat
     tagged = {run.data.tags.get("dvc_exp"): run for run in runs}
     for name, lr in experiments.items():
         assert name in tagged, f"no MLflow run tagged dvc_exp={name}: {sorted(map(str, tagged))}"
-        assert tagged[name].data.params["train.lr"] == lr and "test_accuracy" in tagged[name].data.metrics
+        assert tagged[name].data.params["train.lr"] == lr and "val_accuracy" in tagged[name].data.metrics

@@ -77,6 +77,19 @@ def _s3(spec: stack.StackSpec):
                         aws_secret_access_key=stack.S3_SECRET, region_name=stack.S3_REGION)
 
 
+def _process_group(pgid: int) -> list[str]:
+    """The command lines of a process group's processes, from /proc."""
+    group = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # the 5th field after the command's closing parenthesis is the process group
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                group.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+        except (OSError, IndexError, ValueError):  # gone since the listing
+            continue
+    return group
+
+
 @pytest.mark.slow
 def test_the_stack_is_idempotent_and_prints_what_to_export(team_stack):
     env = stack.up(team_stack)  # already running: leaves every service as it is
@@ -88,6 +101,9 @@ def test_the_stack_is_idempotent_and_prints_what_to_export(team_stack):
                              str(team_stack.data_dir), "--mlflow-port", str(team_stack.mlflow_port)],
                             capture_output=True, text=True, timeout=60)
     assert f"export MLFLOW_TRACKING_URI={team_stack.tracking_uri}" in result.stdout.splitlines()
+    # the tracking server is the MLflow command and its uvicorn worker: no job runner and its consumer processes
+    group = _process_group(int(pids["mlflow"]))
+    assert len(group) == 2 and not any("huey" in args or "_job_runner" in args for args in group), group
 
 
 @pytest.mark.slow

@@ -70,7 +70,11 @@ def up(spec: StackSpec) -> dict[str, str]:
     _start_service(spec, "s3", [_bin("moto_server"), "-H", spec.host, "-p", str(spec.s3_port)],
                    f"{spec.s3_endpoint}/moto-api/")
     _create_buckets(spec)
-    server_env = {**os.environ, **client_env(spec), "MLFLOW_S3_ENDPOINT_URL": spec.s3_endpoint}
+    # No job runner: MLflow's server otherwise starts seven huey consumer processes, each importing MLflow, for
+    # GenAI jobs (scorers, prompt optimization, trace rollups) this project never submits; they were most of the
+    # stack's start-up CPU and made stopping the server wait for them.
+    server_env = {**os.environ, **client_env(spec), "MLFLOW_S3_ENDPOINT_URL": spec.s3_endpoint,
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server_env.pop("MLFLOW_TRACKING_URI")
     _start_service(spec, "mlflow", [
         _bin("mlflow"), "server", "--host", spec.host, "--port", str(spec.mlflow_port), "--workers", "1",
