@@ -114,17 +114,21 @@ def run_onnx_outputs(session: Any, inputs: np.ndarray, batch_size: int) -> list[
 def check_parity(
     onnx_path: Path, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, atol: float, batch_size: int,
     task_checks: TaskChecks | None = None, other_shape: tuple[torch.Tensor, torch.Tensor] | None = None,
+    onnx_outputs: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Compare onnxruntime with torch, the oracle, on every input: outputs within atol, plus the task's checks.
 
     Run at `batch_size` over all inputs and again at ODD_BATCH on the first 100, so a graph that only
     works at the example's batch size fails too. `other_shape` (inputs, targets) are samples at another size of a
     dynamic axis than the example's (a shorter window, a larger image): the same checks run on them at ODD_BATCH.
+    `onnx_outputs`: the graph's outputs on all inputs at `batch_size` (run_onnx_outputs), when the caller has them.
     """
     model = model.cpu().eval()
     expected, *expected_rest = _run_torch_outputs(model, inputs)
     session = onnx_session(onnx_path)
-    actual, *actual_rest = run_onnx_outputs(session, inputs.numpy(), batch_size)
+    if onnx_outputs is None:
+        onnx_outputs = run_onnx_outputs(session, inputs.numpy(), batch_size)
+    actual, *actual_rest = onnx_outputs
     head = min(100, len(inputs))
     actual_odd = run_onnx(session, inputs[:head].numpy(), ODD_BATCH)
     diff = float(np.abs(actual - expected).max())

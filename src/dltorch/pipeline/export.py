@@ -83,10 +83,10 @@ def export(paths: ExportPaths, spec: ExportConfig, rule: RegistryRule, tracker: 
     tracker = tracker or Tracker.for_project(record["experiment"])
     name = subject.bundle.name
     with tracker.model_run(name, f"export@{name}", run_id=record["run_id"]) as run:
-        export_checked(subject, paths, spec, run)
+        fp32_outputs = export_checked(subject, paths, spec, run)
         fp32_uri = log_servable(subject, paths.onnx, run)
         quantize(subject, paths, spec)
-        int8 = score_int8(subject, paths, spec, rule)
+        int8 = score_int8(subject, paths, spec, rule, fp32_outputs)
         registry = register(subject, paths, rule, fp32_uri, int8, run)
         return write_deploy(subject, paths, int8, registry, run)
 
@@ -108,23 +108,26 @@ def load_graph(model_file: Path, data: Path) -> tuple[ModelBundle, Any, torch.nn
     return bundle, task, task.export_view(model).eval(), task.test_inputs(test, model)
 
 
-def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run: Run) -> dict[str, Any]:
-    """ONNX at paths.onnx only if onnxruntime matches torch on the whole test set; the report either way."""
+def export_checked(subject: Subject, paths: ExportPaths, spec: ExportConfig, run: Run) -> np.ndarray:
+    """ONNX at paths.onnx only if onnxruntime matches torch on the whole test set; the report either way. Returns
+    the graph's first output on the test set at spec.batch_size, which the int8 gate scores fp32 by: the test set
+    goes through the fp32 graph once."""
     task, test = subject.task, subject.test
     with atomic_path(paths.onnx) as candidate:
-        outputs = (task.output_name, *task.extra_outputs) if task.extra_outputs else task.output_name
+        names = (task.output_name, *task.extra_outputs) if task.extra_outputs else task.output_name
         export_onnx(subject.model, task.export_shape(subject.bundle, subject.model), candidate, spec.opset,
-                    task.input_name, outputs, task.dynamic_axes)
+                    task.input_name, names, task.dynamic_axes)
         write_metadata(candidate, model_metadata(subject.bundle))
+        outputs = run_onnx_outputs(onnx_session(candidate), test.inputs.numpy(), spec.batch_size)
         report = {"model": subject.bundle.name, "opset": spec.opset, **check_parity(
             candidate, subject.model, test.inputs, test.targets, spec.atol, spec.batch_size, task.parity_checks,
-            other_shape=task.other_shape(test) if task.other_shape else None)}
+            other_shape=task.other_shape(test) if task.other_shape else None, onnx_outputs=outputs)}
         write_json(paths.parity, report)
         run.log_artifacts([paths.parity], "export")
         run.log_metrics({"parity_passed": int(report["passed"]),
                          "parity_max_abs_diff": report["checks"]["max_abs_diff"]["measured"]})
         assert_parity(report, paths.onnx)  # raises before anything is logged as a model or registered
-    return report
+    return outputs[0]
 
 
 def log_servable(subject: Subject, onnx_path: Path, run: Run, name: str = "model") -> str:
@@ -152,13 +155,16 @@ def model_metadata(bundle: ModelBundle) -> dict[str, str]:
     return props
 
 
-def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: RegistryRule) -> dict[str, Any]:
-    """Score and time both files under onnxruntime, then the gate (int8_verdict)."""
+def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: RegistryRule,
+               fp32_outputs: np.ndarray) -> dict[str, Any]:
+    """Score and time both files under onnxruntime, then the gate (int8_verdict). `fp32_outputs`: the fp32 graph's
+    on the test set at spec.batch_size (export_checked's)."""
     inputs, targets = subject.test.inputs.numpy(), subject.test.targets.numpy()
     measured: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": spec.latency_runs}
     scorer = subject.task.scorer(train_judge(subject.task, paths.data, subject.bundle.dataset))
+    outputs = {"fp32": fp32_outputs, "int8": run_onnx(onnx_session(paths.int8), inputs, spec.batch_size)}
     for precision, path in (("fp32", paths.onnx), ("int8", paths.int8)):
-        scores = scorer(run_onnx(onnx_session(path), inputs, spec.batch_size), targets)
+        scores = scorer(outputs[precision], targets)
         latency = time_onnx(path, inputs, spec.latency_runs)
         measured[precision] = {rule.metric: scores[rule.metric], "latency_ms": latency,
                                "size_bytes": path.stat().st_size}
