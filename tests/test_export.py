@@ -13,7 +13,15 @@ from onnx import numpy_helper
 from dltorch.bundle import build_model
 from dltorch.config import MAX_OPSET, MIN_OPSET
 from dltorch.errors import ExportError, ParityError
-from dltorch.export import assert_parity, check_parity, export_onnx, onnx_session, quantize_onnx, run_onnx
+from dltorch.export import (
+    assert_parity,
+    check_parity,
+    export_onnx,
+    fold_input_normalization,
+    onnx_session,
+    quantize_onnx,
+    run_onnx,
+)
 from dltorch.tasks import classification
 
 
@@ -49,6 +57,51 @@ def test_normalization_is_inside_the_graph(exported: Path, model_and_test):
     pixels = test.inputs[:20]
     expected = model(pixels).detach().numpy()
     np.testing.assert_allclose(run_onnx(onnx_session(exported), pixels.numpy(), 20), expected, atol=1e-5)
+
+
+def test_an_mlps_normalization_is_folded_into_its_first_layer(exported: Path):
+    """(x - mean) / std, then flatten, then a Gemm: the graph keeps the flatten and the Gemm, whose weights hold the
+    normalization (the outputs still match torch: the tests around this one)."""
+    graph = onnx.load(str(exported)).graph
+    assert [node.op_type for node in graph.node][:2] == ["Reshape", "Gemm"] and graph.node[0].input[0] == "pixels"
+    assert not {"Sub", "Div"} & {node.op_type for node in graph.node}
+
+
+def _normalized_graph(layers: list[onnx.NodeProto], weight: np.ndarray, mean: np.ndarray) -> onnx.ModelProto:
+    """pixels (N, 1, 4, 4) -> Sub(mean) -> Div(0.5) -> `layers` (the first reads "normalized", the last writes "out";
+    initializers "w" and a bias "b" of 3)."""
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["pixels", "mean"], ["centered"]),
+         helper.make_node("Div", ["centered", "std"], ["normalized"]), *layers],
+        "g", [helper.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(mean.astype(np.float32), "mean"),
+         numpy_helper.from_array(np.full((1, 1, 1, 1), 0.5, np.float32), "std"),
+         numpy_helper.from_array(weight.astype(np.float32), "w"), numpy_helper.from_array(np.ones(3, np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_only_a_scalar_normalization_before_a_fully_connected_layer_is_folded():
+    rng, node = np.random.default_rng(0), onnx.helper.make_node
+    dense = [node("Flatten", ["normalized"], ["flat"]), node("Gemm", ["flat", "w", "b"], ["out"], transB=1)]
+    scalar, per_pixel = np.full((1, 1, 1, 1), 0.25), rng.random((1, 1, 4, 4))
+    folded = _normalized_graph(dense, rng.random((3, 16)), scalar)
+    pixels = rng.random((2, 1, 4, 4), dtype=np.float32)
+    expected = run_onnx(onnx_session_of(folded), pixels, 2)
+    assert fold_input_normalization(folded) and [n.op_type for n in folded.graph.node] == ["Flatten", "Gemm"]
+    np.testing.assert_allclose(run_onnx(onnx_session_of(folded), pixels, 2), expected, atol=1e-5)
+    for proto in (_normalized_graph([node("Conv", ["normalized", "w"], ["out"], pads=[1, 1, 1, 1])],
+                                    rng.random((2, 1, 3, 3)), scalar),  # zero padding: not the raw image's
+                  _normalized_graph(dense, rng.random((3, 16)), per_pixel)):
+        before = proto.SerializeToString()
+        assert not fold_input_normalization(proto) and proto.SerializeToString() == before
+
+
+def onnx_session_of(proto: onnx.ModelProto):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_parity_passes_on_the_whole_test_set(exported: Path, model_and_test):
