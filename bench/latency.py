@@ -2,19 +2,24 @@
 
 For each model of params.yaml: torch eager (the trained model.pt) vs onnxruntime fp32 (model.onnx) vs onnxruntime
 int8 (model.int8.onnx), at batch 1 and batch 64 of real test images; the median of --runs timed calls after
---warmup untimed ones, all in this one process, at each intra-op thread count of --threads (default: 1 and every
-core), set for torch and onnxruntime alike. The fp32 graph is timed twice: through `run` (a feed dict in, new output
-arrays out: each call converts and allocates) and through IOBinding (the input bound per call, the outputs written
-into arrays allocated once), onnxruntime's API for latency-bound callers. Prints a markdown table and logs it, and
-every number, to MLflow (run `bench-latency`). Goal reported against: onnxruntime batch-1 latency <= 0.3x torch
-eager (issue #14), for the MLPs and the CNNs, each side at its fastest thread count.
+--warmup untimed ones, torch's in one child process and onnxruntime's in another (time_apart says why), at each
+intra-op thread count of --threads (default: 1 and every core), set for torch and onnxruntime alike. The fp32 graph
+is timed twice: through `run` (a feed dict in, new output arrays out: each call converts and allocates) and through
+IOBinding (the input bound per call, the outputs written into arrays allocated once), onnxruntime's API for
+latency-bound callers. Prints a markdown table and logs it, and every number, to MLflow (run `bench-latency`). Goal
+reported against: onnxruntime batch-1 latency <= 0.3x torch eager (issue #14), for the MLPs and the CNNs, each side
+at its fastest thread count.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,7 @@ from torch import nn
 
 from dltorch import precision, tracking
 from dltorch.config import load_params
-from dltorch.export import median_ms, onnx_latency_ms, onnx_session
+from dltorch.export import onnx_session
 from dltorch.layout import ModelFiles
 from dltorch.pipeline.export import load_graph
 
@@ -34,37 +39,77 @@ BATCHES = (1, 64)
 GOAL_RATIO = 0.3
 # The goal is set for MLP-like and convolutional architectures (transformers are reported, not judged).
 GOAL_ARCHS = {"mlp", "lenet5", "resnet"}
+SIDES = ("torch", "ort")  # the runtimes timed: torch eager, and onnxruntime on the fp32 and int8 graphs
 
 
 @dataclass(frozen=True)
 class Timing:
-    runs: int  # timed calls, of which the median is reported
-    warmup: int  # untimed calls before them
+    runs: int  # timed calls, of which the median is reported: at least this many
+    warmup: int  # untimed calls before them: at least this many
     threads: int  # intra-op threads, torch's and onnxruntime's alike
+    # ... and the timed calls last at least this long, the warm-up a fifth of it: the median of 100 calls of 26 us
+    # (2.6 ms in all) swung by half between runs on a shared 2-core machine
+    min_seconds: float = 0.0
 
 
-def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarray, timing: Timing) -> list[dict]:
+def median_ms(call: Callable[[], object], timing: Timing) -> float:
+    """The median wall time of one call, in ms, over at least timing.runs calls lasting timing.min_seconds in all,
+    after at least timing.warmup untimed calls lasting a fifth of that."""
+    _timed_calls(call, timing.warmup, timing.min_seconds / 5)
+    return 1000 * statistics.median(_timed_calls(call, timing.runs, timing.min_seconds))
+
+
+def _timed_calls(call: Callable[[], object], count: int, seconds: float) -> list[float]:
+    """Each call's wall time, over at least `count` calls lasting at least `seconds` in all."""
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < count or time.perf_counter() < end:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarray, timing: Timing,
+                sides: tuple[str, ...] = SIDES) -> list[dict]:
     """`model` is what the ONNX graph holds (the export stage's view: a GAN's generator), `inputs` what it reads; a
-    batch size larger than the test set (a graph task's one graph) is left out."""
-    runs, warmup = timing.runs, timing.warmup
+    batch size larger than the test set (a graph task's one graph) is left out. `sides`: which runtimes to time
+    (torch eager, onnxruntime), each row holding their timings."""
     sessions = {precision: onnx_session(path, threads=timing.threads)
-                for precision, path in (("fp32", files.onnx), ("int8", files.int8))}
+                for precision, path in (("fp32", files.onnx), ("int8", files.int8))} if "ort" in sides else {}
     rows = []
     for batch in (size for size in BATCHES if size <= len(inputs)):
-        tensor = torch.from_numpy(np.ascontiguousarray(inputs[:batch]))
-        with torch.inference_mode(), torch_threads(timing.threads):
-            eager = median_ms(lambda tensor=tensor: model(tensor), runs, warmup)
-        fp32 = onnx_latency_ms(sessions["fp32"], inputs, batch, runs, warmup)
-        bound = bound_latency_ms(sessions["fp32"], inputs, batch, runs, warmup)
-        int8 = onnx_latency_ms(sessions["int8"], inputs, batch, runs, warmup)
-        rows.append({"model": name, "batch": batch, "threads": timing.threads, "torch_ms": eager,
-                     "ort_fp32_ms": fp32, "ort_fp32_bound_ms": bound, "ort_int8_ms": int8,
-                     "fp32_ratio": fp32 / eager, "fp32_bound_ratio": bound / eager, "int8_ratio": int8 / eager})
+        row: dict[str, Any] = {"model": name, "batch": batch, "threads": timing.threads}
+        if "torch" in sides:
+            tensor = torch.from_numpy(np.ascontiguousarray(inputs[:batch]))
+            with torch.inference_mode(), torch_threads(timing.threads):
+                row["torch_ms"] = median_ms(lambda tensor=tensor: model(tensor), timing)
+        if "ort" in sides:
+            row["ort_fp32_ms"] = run_latency_ms(sessions["fp32"], inputs, batch, timing)
+            row["ort_fp32_bound_ms"] = bound_latency_ms(sessions["fp32"], inputs, batch, timing)
+            row["ort_int8_ms"] = run_latency_ms(sessions["int8"], inputs, batch, timing)
+        rows.append(row)
     return rows
 
 
-def bound_latency_ms(session: Any, inputs: np.ndarray, batch: int, runs: int, warmup: int) -> float:
-    """onnx_latency_ms through IOBinding: the first `batch` inputs bound as the input on every call, each output
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """The sides' rows of each (model, batch, threads) merged into one, with each ORT timing's ratio to torch's."""
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        merged.setdefault((row["model"], row["batch"], row["threads"]), {}).update(row)
+    return [{**row, "fp32_ratio": row["ort_fp32_ms"] / row["torch_ms"],
+             "fp32_bound_ratio": row["ort_fp32_bound_ms"] / row["torch_ms"],
+             "int8_ratio": row["ort_int8_ms"] / row["torch_ms"]} for row in merged.values()]
+
+
+def run_latency_ms(session: Any, inputs: np.ndarray, batch: int, timing: Timing) -> float:
+    """`session.run` on the first `batch` inputs: a feed dict in, new output arrays out."""
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(inputs[:batch])}
+    return median_ms(lambda: session.run(None, feed), timing)
+
+
+def bound_latency_ms(session: Any, inputs: np.ndarray, batch: int, timing: Timing) -> float:
+    """run_latency_ms through IOBinding: the first `batch` inputs bound as the input on every call, each output
     written into an array allocated once. Fails if those arrays do not end up holding what `run` returns."""
     name = session.get_inputs()[0].name
     feed = np.ascontiguousarray(inputs[:batch])
@@ -78,7 +123,7 @@ def bound_latency_ms(session: Any, inputs: np.ndarray, batch: int, runs: int, wa
         binding.bind_cpu_input(name, feed)
         session.run_with_iobinding(binding)
 
-    latency = median_ms(call, runs, warmup)
+    latency = median_ms(call, timing)
     for meta, buffer, output in zip(session.get_outputs(), buffers, expected, strict=True):
         if not np.allclose(buffer, output, rtol=1e-5, atol=1e-6):
             raise RuntimeError(f"IOBinding's {meta.name} differs from run()'s: the bound timing is not of that work")
@@ -96,12 +141,30 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def time_model(name: str, files: ModelFiles, data: Path, timings: list[Timing]) -> list[dict]:
+def time_model(name: str, files: ModelFiles, data: Path, timings: list[Timing],
+               sides: tuple[str, ...] = SIDES) -> list[dict]:
     """bench_model on an exported model's files at each of `timings`, reading its test set once from `data`
     (data/<its data: entry>)."""
     _, _, graph_model, test = load_graph(files.model, data)
     inputs = test.inputs[: max(BATCHES)].numpy()
-    return [row for timing in timings for row in bench_model(name, graph_model, files, inputs, timing)]
+    return [row for timing in timings for row in bench_model(name, graph_model, files, inputs, timing, sides)]
+
+
+def time_side(side: str, jobs: list[tuple[str, ModelFiles, Path, list[Timing]]]) -> list[dict]:
+    """One runtime's timings of every model (time_model's arguments in `jobs`): what a child process runs."""
+    return [row for name, files, data, timings in jobs for row in time_model(name, files, data, timings, (side,))]
+
+
+def time_apart(jobs: list[tuple[str, ModelFiles, Path, list[Timing]]]) -> list[dict]:
+    """Each runtime timed in a process of its own, one after the other. In one process, torch's OpenMP workers
+    keep spinning on the other core after its multi-threaded calls, while onnxruntime's threads want it: the MLP's
+    two-thread onnxruntime median was 42 us in 2 of 8 rounds after torch's, 26 us in every round after
+    single-threaded torch. A server runs one runtime, so the goal compares each alone."""
+    rows = []
+    for side in SIDES:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+            rows += child.submit(time_side, side, jobs).result()
+    return with_ratios(rows)
 
 
 def table(rows: list[dict]) -> str:
@@ -147,26 +210,33 @@ def main() -> None:
                         help="intra-op thread counts, each timed (default: 1 and every core)")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--min-seconds", type=float, default=0.5,
+                        help="the timed calls of each figure last at least this long (more calls than --runs for a "
+                             "fast model), the warm-up a fifth of it")
     args = parser.parse_args()
     if args.runs < 50:
         raise SystemExit("--runs: at least 50 timed runs")
+    if args.min_seconds < 0:
+        raise SystemExit("--min-seconds: not negative")
     if min(args.threads) < 1:
         raise SystemExit("--threads: each count at least 1")
     params = load_params(args.params)
     names = args.models or list(params.models)
-    rows = []
+    jobs = []
     for name in names:
         files = ModelFiles(args.models_dir / name)
         missing = [path.name for path in (files.model, files.onnx, files.int8) if not path.is_file()]
         if missing:
             print(f"skip {name}: no {', '.join(missing)} in {files.folder}; run `dvc repro export@{name}`")
             continue
-        rows += time_model(name, files, args.data / params.model(name).data,
-                           [Timing(args.runs, args.warmup, threads) for threads in args.threads])
+        jobs.append((name, files, args.data / params.model(name).data,
+                     [Timing(args.runs, args.warmup, threads, args.min_seconds) for threads in args.threads]))
+    rows = time_apart(jobs) if jobs else []
     if not rows:
         raise SystemExit("no exported model to time; run `dvc repro` first")
     header = (f"torch {torch.__version__}, onnxruntime {_ort_version()}, intra-op threads {args.threads}, "
-              f"median of {args.runs} runs after {args.warmup} warm-up, {precision.machine(torch.device('cpu'))}")
+              f"median of {args.runs} runs (and {args.min_seconds} s) after {args.warmup} warm-up, torch and "
+              f"onnxruntime each in a process of its own, {precision.machine(torch.device('cpu'))}")
     report = (f"{header}\n\n{table(rows)}\n\n{goal_table(rows, {n: params.model(n).arch for n in names})}")
     print(report)
     _log(params.mlflow.experiment, rows, report, args)
