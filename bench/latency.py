@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from torch import nn
 
 from dltorch import precision, tracking
 from dltorch.config import load_params
-from dltorch.export import onnx_session
+from dltorch.export import median_ms, onnx_latency_ms, onnx_session
 from dltorch.layout import ModelFiles
 from dltorch.pipeline.export import load_graph
 
@@ -47,27 +45,12 @@ class Timing:
     runs: int  # timed calls, of which the median is reported: at least this many
     warmup: int  # untimed calls before them: at least this many
     threads: int  # intra-op threads, torch's and onnxruntime's alike
-    # ... and the timed calls last at least this long, the warm-up a fifth of it: the median of 100 calls of 26 us
-    # (2.6 ms in all) swung by half between runs on a shared 2-core machine
-    min_seconds: float = 0.0
+    min_seconds: float = 0.0  # ... and the timed calls last at least this long (dltorch.export.median_ms)
 
-
-def median_ms(call: Callable[[], object], timing: Timing) -> float:
-    """The median wall time of one call, in ms, over at least timing.runs calls lasting timing.min_seconds in all,
-    after at least timing.warmup untimed calls lasting a fifth of that."""
-    _timed_calls(call, timing.warmup, timing.min_seconds / 5)
-    return 1000 * statistics.median(_timed_calls(call, timing.runs, timing.min_seconds))
-
-
-def _timed_calls(call: Callable[[], object], count: int, seconds: float) -> list[float]:
-    """Each call's wall time, over at least `count` calls lasting at least `seconds` in all."""
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while len(times) < count or time.perf_counter() < end:
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+    @property
+    def counts(self) -> tuple[int, int, float]:
+        """median_ms's runs, warmup and min_seconds."""
+        return self.runs, self.warmup, self.min_seconds
 
 
 def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarray, timing: Timing,
@@ -83,11 +66,11 @@ def bench_model(name: str, model: nn.Module, files: ModelFiles, inputs: np.ndarr
         if "torch" in sides:
             tensor = torch.from_numpy(np.ascontiguousarray(inputs[:batch]))
             with torch.inference_mode(), torch_threads(timing.threads):
-                row["torch_ms"] = median_ms(lambda tensor=tensor: model(tensor), timing)
+                row["torch_ms"] = median_ms(lambda tensor=tensor: model(tensor), *timing.counts)
         if "ort" in sides:
-            row["ort_fp32_ms"] = run_latency_ms(sessions["fp32"], inputs, batch, timing)
+            row["ort_fp32_ms"] = onnx_latency_ms(sessions["fp32"], inputs, batch, *timing.counts)
             row["ort_fp32_bound_ms"] = bound_latency_ms(sessions["fp32"], inputs, batch, timing)
-            row["ort_int8_ms"] = run_latency_ms(sessions["int8"], inputs, batch, timing)
+            row["ort_int8_ms"] = onnx_latency_ms(sessions["int8"], inputs, batch, *timing.counts)
         rows.append(row)
     return rows
 
@@ -102,14 +85,8 @@ def with_ratios(rows: list[dict]) -> list[dict]:
              "int8_ratio": row["ort_int8_ms"] / row["torch_ms"]} for row in merged.values()]
 
 
-def run_latency_ms(session: Any, inputs: np.ndarray, batch: int, timing: Timing) -> float:
-    """`session.run` on the first `batch` inputs: a feed dict in, new output arrays out."""
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(inputs[:batch])}
-    return median_ms(lambda: session.run(None, feed), timing)
-
-
 def bound_latency_ms(session: Any, inputs: np.ndarray, batch: int, timing: Timing) -> float:
-    """run_latency_ms through IOBinding: the first `batch` inputs bound as the input on every call, each output
+    """onnx_latency_ms through IOBinding: the first `batch` inputs bound as the input on every call, each output
     written into an array allocated once. Fails if those arrays do not end up holding what `run` returns."""
     name = session.get_inputs()[0].name
     feed = np.ascontiguousarray(inputs[:batch])
@@ -123,7 +100,7 @@ def bound_latency_ms(session: Any, inputs: np.ndarray, batch: int, timing: Timin
         binding.bind_cpu_input(name, feed)
         session.run_with_iobinding(binding)
 
-    latency = median_ms(call, timing)
+    latency = median_ms(call, *timing.counts)
     for meta, buffer, output in zip(session.get_outputs(), buffers, expected, strict=True):
         if not np.allclose(buffer, output, rtol=1e-5, atol=1e-6):
             raise RuntimeError(f"IOBinding's {meta.name} differs from run()'s: the bound timing is not of that work")

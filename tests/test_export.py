@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,26 +83,22 @@ def _normalized_graph(layers: list[onnx.NodeProto], weight: np.ndarray, mean: np
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
-def test_only_a_scalar_normalization_before_a_fully_connected_layer_is_folded():
+def test_only_a_scalar_normalization_before_a_fully_connected_layer_is_folded(tmp_path: Path):
     rng, node = np.random.default_rng(0), onnx.helper.make_node
     dense = [node("Flatten", ["normalized"], ["flat"]), node("Gemm", ["flat", "w", "b"], ["out"], transB=1)]
     scalar, per_pixel = np.full((1, 1, 1, 1), 0.25), rng.random((1, 1, 4, 4))
     folded = _normalized_graph(dense, rng.random((3, 16)), scalar)
     pixels = rng.random((2, 1, 4, 4), dtype=np.float32)
-    expected = run_onnx(onnx_session_of(folded), pixels, 2)
+    onnx.save(folded, str(tmp_path / "before.onnx"))
     assert fold_input_normalization(folded) and [n.op_type for n in folded.graph.node] == ["Flatten", "Gemm"]
-    np.testing.assert_allclose(run_onnx(onnx_session_of(folded), pixels, 2), expected, atol=1e-5)
+    onnx.save(folded, str(tmp_path / "after.onnx"))
+    np.testing.assert_allclose(run_onnx(onnx_session(tmp_path / "after.onnx"), pixels, 2),
+                               run_onnx(onnx_session(tmp_path / "before.onnx"), pixels, 2), atol=1e-5)
     for proto in (_normalized_graph([node("Conv", ["normalized", "w"], ["out"], pads=[1, 1, 1, 1])],
                                     rng.random((2, 1, 3, 3)), scalar),  # zero padding: not the raw image's
                   _normalized_graph(dense, rng.random((3, 16)), per_pixel)):
         before = proto.SerializeToString()
         assert not fold_input_normalization(proto) and proto.SerializeToString() == before
-
-
-def onnx_session_of(proto: onnx.ModelProto):
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_parity_passes_on_the_whole_test_set(exported: Path, model_and_test):
@@ -244,3 +241,16 @@ def test_a_mirror_averaged_cnn_quantizes_statically(tmp_path: Path, raw_root: Pa
     quantized = run_onnx(onnx_session(int8), pixels, 20)
     np.testing.assert_allclose(quantized, run_onnx(onnx_session(int8), pixels[..., ::-1].copy(), 20), atol=1e-5)
     assert quantized.shape == (20, 10) and np.isfinite(quantized).all()
+
+
+def test_a_latency_median_spans_at_least_min_seconds_of_calls():
+    """A call of microseconds is timed over min_seconds, not only over `runs` calls; the warm-up a fifth of that."""
+    from dltorch.export import median_ms
+
+    calls = []
+    start = time.perf_counter()
+    assert median_ms(lambda: calls.append(time.perf_counter()), runs=3, warmup=1, min_seconds=0.05) >= 0
+    assert time.perf_counter() - start >= 0.06 and len(calls) > 3 + 1
+    calls.clear()
+    median_ms(lambda: calls.append(1), runs=3, warmup=1)
+    assert len(calls) == 4  # no floor: exactly warmup + runs

@@ -286,19 +286,27 @@ class _CalibrationReader:
         self.batches = iter([self.inputs[i : i + self.BATCH] for i in range(0, len(self.inputs), self.BATCH)])
 
 
-def median_ms(call: Callable[[], object], runs: int, warmup: int) -> float:
-    """The median wall time of `runs` calls after `warmup` untimed ones, in milliseconds."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
+def median_ms(call: Callable[[], object], runs: int, warmup: int, min_seconds: float = 0.0) -> float:
+    """The median wall time of one call, in milliseconds, over at least `runs` calls lasting `min_seconds` in all,
+    after at least `warmup` untimed ones lasting a fifth of that. The floor is for calls of microseconds: 100 of
+    them are a few ms, and a median over so short a window swung by half between runs on a shared machine."""
+    _timed_calls(call, warmup, min_seconds / 5)
+    return 1000 * statistics.median(_timed_calls(call, runs, min_seconds))
+
+
+def _timed_calls(call: Callable[[], object], count: int, seconds: float) -> list[float]:
+    """Each call's wall time, over at least `count` calls lasting at least `seconds` in all."""
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < count or time.perf_counter() < end:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return times
 
 
-def onnx_latency_ms(session: Any, inputs: np.ndarray, batch: int, runs: int, warmup: int) -> float:
-    """Median onnxruntime latency of one call on the first `batch` inputs."""
+def onnx_latency_ms(session: Any, inputs: np.ndarray, batch: int, runs: int, warmup: int,
+                    min_seconds: float = 0.0) -> float:
+    """Median onnxruntime latency of one call on the first `batch` inputs (median_ms)."""
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(inputs[:batch])}
-    return median_ms(lambda: session.run(None, feed), runs, warmup)
+    return median_ms(lambda: session.run(None, feed), runs, warmup, min_seconds)
