@@ -198,6 +198,32 @@ def test_recurrent_cells_export_at_every_allowed_opset(opset: int, tmp_path: Pat
             np.testing.assert_allclose(run_onnx(session, window.numpy(), batch), model(window).numpy(), atol=1e-5)
 
 
+def test_the_exporters_registry_is_built_once_per_opset_and_each_export_gets_its_own_copy(tmp_path: Path,
+                                                                                         monkeypatch, model_and_test):
+    """An RNN's custom translations go into its export's registry only, not into the next export's."""
+    from torch.onnx._internal.exporter import _core, _registration
+
+    built, registries, build, export = [], [], _registration.ONNXRegistry.from_torchlib, _core.export
+
+    def counted_build(opset_version: int):
+        built.append(opset_version)
+        return build(opset_version=opset_version)
+
+    def spied_export(*args, registry, **kwargs):
+        registries.append(registry)
+        return export(*args, registry=registry, **kwargs)
+
+    monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", counted_build)
+    monkeypatch.setattr(_core, "export", spied_export)
+    export_onnx(_ThreeCells().eval(), (6, 1), tmp_path / "cells.onnx", 18, "window", "forecast")
+    export_onnx(model_and_test[0], (1, 28, 28), tmp_path / "mlp.onnx", 18, "pixels", "logits")
+    export_onnx(model_and_test[0], (1, 28, 28), tmp_path / "mlp19.onnx", 19, "pixels", "logits")
+    assert built == [18, 19]
+    custom = [{str(t) for t, decomps in r.functions.items() if any(d.is_custom for d in decomps)} for r in registries]
+    assert custom[0] and not custom[1] and not custom[2], custom
+    assert _registration.ONNXRegistry.from_torchlib is counted_build  # put back after each export
+
+
 def test_recurrent_export_refuses_a_torch_it_was_not_written_for(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.15.0")
     with pytest.raises(ExportError, match=r"torch 2\.14\.x; this is torch 2\.15\.0"):

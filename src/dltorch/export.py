@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ def export_onnx(
     dims = {axis: torch.export.Dim(name, min=1) if multiple == 1 else multiple * torch.export.Dim(name, min=1)
             for axis, (name, multiple) in dynamic_axes.items()}
     # recurrent layers need private torch machinery to keep the time axis dynamic (onnx_rnn.py); others none
-    with atomic_path(path) as tmp, recurrent_export(model, opset) as table:
+    with atomic_path(path) as tmp, recurrent_export(model, opset) as table, _torchlib_registry_built_once():
         program = torch.onnx.export(
             model, (example,), dynamo=True, opset_version=opset, input_names=[input_name],
             output_names=[output_name] if isinstance(output_name, str) else list(output_name),
@@ -58,6 +60,33 @@ def export_onnx(
             onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
         _require_dynamic(onnx.load(str(tmp)), path, dynamic_axes)
+
+
+@functools.cache
+def _torchlib_registry(build: Callable[[int], Any], opset: int) -> Any:
+    return build(opset_version=opset)
+
+
+@contextmanager
+def _torchlib_registry_built_once() -> Iterator[None]:
+    """Around torch.onnx.export: it builds its registry of torchlib's translations of every ATen op anew on each
+    call (0.85 s, up to half of a small model's export), though that depends only on the opset. Build it once per
+    opset and process, and give each export a copy of its own (an export adds its custom translations to it)."""
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    build = ONNXRegistry.from_torchlib
+
+    def copy_of_built(cls: type, opset_version: int) -> Any:
+        built, registry = _torchlib_registry(build, opset_version), cls()
+        registry._opset_version = built.opset_version
+        registry.functions = {target: list(decomps) for target, decomps in built.functions.items()}
+        return registry
+
+    ONNXRegistry.from_torchlib = classmethod(copy_of_built)
+    try:
+        yield
+    finally:
+        ONNXRegistry.from_torchlib = build
 
 
 def fold_input_normalization(proto: Any) -> bool:
