@@ -233,12 +233,14 @@ def _chromium(url: str, screenshot: Path) -> str:
     command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
                "--virtual-time-budget=20000", "--run-all-compositor-stages-before-draw", f"--screenshot={screenshot}",
                "--dump-dom", url]  # one page load for both
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
-    except subprocess.TimeoutExpired:
-        # Seen once (2026-11-30): headless Chromium never exited on the plots page, which loads and draws in 2 s
-        # (60 runs of it in a row, with the cores busy, all did). A page that hangs every time still fails here.
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    # A second try after a timeout. Seen once (2026-11-30): headless Chromium never exited on the plots page, which
+    # loads and draws in 2 s (75 runs of it, most with the cores busy, never hung). A page that always hangs fails.
+    for attempt in (1, 2):
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+        except subprocess.TimeoutExpired:
+            if attempt == 2:
+                raise
 
 
 def _shown_numbers(page: str) -> list[float]:
