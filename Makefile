@@ -61,8 +61,9 @@ plots: setup
 	$(PY) -m dltorch.cli plots-template --out $(PLOTS_TEMPLATE)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc plots show --html-template $(PLOTS_TEMPLATE)
 
+# dvc repro, each stage's wall time kept in bench/repro_times.json for `make bench` (bench/repro.py).
 repro: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/repro.py run
 
 # One pytest worker per core (pytest-xdist); a file whose module-scoped servers are built once stays on one worker.
 PYTEST := $(PY) -m pytest -q -n auto --dist loadgroup
@@ -73,9 +74,10 @@ test: setup
 test-fast: setup
 	$(PYTEST) -m "not slow"
 
-# Training speed (run.py), then inference latency per model and the HTTP load on served champions (the MLP and the
-# ResNet, as #14 asks for both; MODEL=<name> for one).
+# The last `make repro`'s wall time and each model's share (repro.py), training speed (run.py), then inference latency
+# per model and the HTTP load on served champions (the MLP and the ResNet, as #14 asks for both; MODEL=<name> for one).
 bench: setup
+	$(PY) bench/repro.py
 	$(PY) bench/run.py
 	$(PY) bench/distributed.py
 	$(PY) bench/latency.py

@@ -53,6 +53,8 @@ def test_repo_params_are_valid():
          else p["models"]["mlp"].update(export={"atol": 0}), "models.mlp.export.atol: "),
         (lambda p: p["models"]["mlp"].update(export={"quantize": "int4"}), "models.mlp.export.quantize: "),
         (lambda p: p["models"]["mlp"].update(export={"int8_max_drop": -0.1}), "models.mlp.export.int8_max_drop: "),
+        (lambda p: p["models"]["mlp"].update(export={"int8_max_latency_ratio": 1.5}),
+         "models.mlp.export.int8_max_latency_ratio: "),
         (lambda p: p.update(registry={"classification": {"metric": "test_accuracy", "direction": "up"}}),
          "params.yaml: registry.classification.direction: "),
         (lambda p: p.update(registry={"classification": {"direction": "max"}}),

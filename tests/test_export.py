@@ -269,6 +269,22 @@ def test_a_mirror_averaged_cnn_quantizes_statically(tmp_path: Path, raw_root: Pa
     assert quantized.shape == (20, 10) and np.isfinite(quantized).all()
 
 
+def test_graphs_compared_for_speed_are_timed_in_turns_so_a_slowdown_weighs_on_both():
+    """The machine slows down 20-fold halfway through: timed one after the other, the graph timed second would lose
+    to an equally fast one; in turns, both medians see the same mix of fast and slow calls."""
+    from dltorch.export import interleaved_median_ms
+
+    order: list[str] = []
+
+    def call(name: str) -> None:
+        order.append(name)
+        time.sleep(0.0005 if len(order) <= 40 else 0.01)
+
+    medians = interleaved_median_ms({"a": lambda: call("a"), "b": lambda: call("b")}, runs=30, warmup=5)
+    assert order == ["a", "b"] * 35  # the warm-up rounds, then the timed ones: each graph once per round
+    assert medians["a"] / medians["b"] == pytest.approx(1, rel=0.5)
+
+
 def test_a_latency_median_spans_at_least_min_seconds_of_calls():
     """A call of microseconds is timed over min_seconds, not only over `runs` calls; the warm-up a fifth of that."""
     from dltorch.export import median_ms

@@ -324,8 +324,10 @@ class ExportConfig(Strict):
     # The int8 model is registered only if its score is at most this much below the fp32 model's
     # (0.005 = 0.5 accuracy points).
     int8_max_drop: float = Field(0.005, ge=0)
+    # ... and only if its latency is at most this fraction of the fp32 model's at every batch size timed.
+    int8_max_latency_ratio: float = Field(0.9, gt=0, le=1)
     # Timed calls per batch size behind each latency median that decides whether INT8 is faster (after a fifth as
-    # many warm-up calls). More runs steady the verdict on a busy machine; fewer make export quicker.
+    # many warm-up calls; the two graphs timed in turns). More runs steady the verdict on a busy machine; fewer make export quicker.
     latency_runs: int = Field(50, ge=1)
 
 

@@ -319,23 +319,44 @@ def median_ms(call: Callable[[], object], runs: int, warmup: int, min_seconds: f
     """The median wall time of one call, in milliseconds, over at least `runs` calls lasting `min_seconds` in all,
     after at least `warmup` untimed ones lasting a fifth of that. The floor is for calls of microseconds: 100 of
     them are a few ms, and a median over so short a window swung by half between runs on a shared machine."""
-    _timed_calls(call, warmup, min_seconds / 5)
-    return 1000 * statistics.median(_timed_calls(call, runs, min_seconds))
+    return interleaved_median_ms({"call": call}, runs, warmup, min_seconds)["call"]
 
 
-def _timed_calls(call: Callable[[], object], count: int, seconds: float) -> list[float]:
-    """Each call's wall time, over at least `count` calls lasting at least `seconds` in all."""
-    times: list[float] = []
+def interleaved_median_ms(calls: dict[str, Callable[[], object]], runs: int, warmup: int,
+                          min_seconds: float = 0.0) -> dict[str, float]:
+    """Each call's median wall time (median_ms), the calls taken in turns: round after round, each call once. Timed
+    one after the other, whatever slows the machine down meanwhile (another process, the clock) weighs on one of
+    them only, and decides which is faster; in turns, it weighs on all alike."""
+    _timed_rounds(calls, warmup, min_seconds / 5)
+    return {name: 1000 * statistics.median(times)
+            for name, times in _timed_rounds(calls, runs, min_seconds).items()}
+
+
+def _timed_rounds(calls: dict[str, Callable[[], object]], count: int, seconds: float) -> dict[str, list[float]]:
+    """Each call's wall times, over at least `count` rounds (each call once, in turn) lasting at least `seconds`."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     end = time.perf_counter() + seconds
-    while len(times) < count or time.perf_counter() < end:
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+    rounds = 0
+    while rounds < count or time.perf_counter() < end:
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+        rounds += 1
     return times
 
 
 def onnx_latency_ms(session: Any, inputs: np.ndarray, batch: int, runs: int, warmup: int,
                     min_seconds: float = 0.0) -> float:
     """Median onnxruntime latency of one call on the first `batch` inputs (median_ms)."""
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(inputs[:batch])}
-    return median_ms(lambda: session.run(None, feed), runs, warmup, min_seconds)
+    return onnx_latencies_ms({"session": session}, inputs, batch, runs, warmup, min_seconds)["session"]
+
+
+def onnx_latencies_ms(sessions: dict[str, Any], inputs: np.ndarray, batch: int, runs: int, warmup: int,
+                      min_seconds: float = 0.0) -> dict[str, float]:
+    """Median latency of each session's call on the first `batch` inputs, the sessions timed in turns
+    (interleaved_median_ms): what decides which graph is faster."""
+    feed = np.ascontiguousarray(inputs[:batch])
+    calls = {name: functools.partial(session.run, None, {session.get_inputs()[0].name: feed})
+             for name, session in sessions.items()}
+    return interleaved_median_ms(calls, runs, warmup, min_seconds)
