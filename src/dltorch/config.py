@@ -327,7 +327,8 @@ class ExportConfig(Strict):
     # ... and only if its latency is at most this fraction of the fp32 model's at every batch size timed.
     int8_max_latency_ratio: float = Field(0.9, gt=0, le=1)
     # Timed calls per batch size behind each latency median that decides whether INT8 is faster (after a fifth as
-    # many warm-up calls; the two graphs timed in turns). More runs steady the verdict on a busy machine; fewer make export quicker.
+    # many warm-up calls; the two graphs timed in turns). More runs steady the verdict on a busy machine; fewer make
+    # export quicker.
     latency_runs: int = Field(50, ge=1)
 
 
