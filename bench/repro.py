@@ -83,14 +83,16 @@ def report(data: dict) -> str:
     lines = [f"make repro ({data['command']}), {data['started']} on {data['machine']}: "
              f"{wall / 60:.1f} min wall ({wall:.0f} s), {status}; {len(data['stages'])} stages ran, "
              f"{len(data['skipped'])} were up to date"]
+    table = shares(data["stages"])
     by_kind: dict[str, float] = defaultdict(float)
-    for stage in data["stages"]:
-        by_kind[stage["stage"].partition("@")[0]] += stage["seconds"]
+    for row in table.values():
+        for kind in row.keys() - {"total"}:
+            by_kind[kind] += row[kind]
     lines.append("by kind of stage: " + ", ".join(f"{kind} {seconds / 60:.1f} min" for kind, seconds in
                                                    sorted(by_kind.items(), key=lambda item: -item[1])))
     lines += ["", "| model or study | " + " | ".join(KINDS) + " | total s | share of wall |",
               "|---" * (len(KINDS) + 3) + "|"]
-    for name, row in sorted(shares(data["stages"]).items(), key=lambda item: -item[1]["total"]):
+    for name, row in sorted(table.items(), key=lambda item: -item[1]["total"]):
         cells = " | ".join(f"{row[kind]:.0f}" if kind in row else "" for kind in KINDS)
         lines.append(f"| {name} | {cells} | {row['total']:.0f} | {row['total'] / wall:.1%} |")
     return "\n".join(lines)

@@ -165,8 +165,9 @@ def score_int8(subject: Subject, paths: ExportPaths, spec: ExportConfig, rule: R
     measured: dict[str, Any] = {"threads": LATENCY_THREADS, "runs": spec.latency_runs}
     scorer = subject.task.scorer(train_judge(subject.task, paths.data, subject.bundle.dataset))
     outputs = {"fp32": fp32_outputs, "int8": run_onnx(onnx_session(paths.int8), inputs, spec.batch_size)}
-    latencies = time_onnx({"fp32": paths.onnx, "int8": paths.int8}, inputs, spec.latency_runs)
-    for precision, path in (("fp32", paths.onnx), ("int8", paths.int8)):
+    files = {"fp32": paths.onnx, "int8": paths.int8}
+    latencies = time_onnx(files, inputs, spec.latency_runs)
+    for precision, path in files.items():
         scores = scorer(outputs[precision], targets)
         measured[precision] = {rule.metric: scores[rule.metric], "latency_ms": latencies[precision],
                                "size_bytes": path.stat().st_size}
